@@ -1,0 +1,62 @@
+"""cvae: conditional variational autoencoders behind pluggy hook points.
+
+The public API that plugins and users import. Plugins import only from here (and its submodules
+named in the docs), never from each other.
+"""
+
+from __future__ import annotations
+
+from .data import ConditionInfo, DataBundle, TargetInfo, TensorData, iterate_batches
+from .errors import CheckpointError, ConfigError, CVAEError, PluginError, UnknownComponentError
+from .likelihoods import Likelihood
+from .model import CVAE, LossTerms
+from .plugins import get_plugin_manager, get_registry, hookimpl, register_plugin, unregister_plugin
+from .priors import Prior
+from .registry import (
+    ArchitectureSpec,
+    BenchmarkSpec,
+    ComponentSpec,
+    ConditionSpec,
+    DatasetSpec,
+    EnvironmentSpec,
+    LikelihoodSpec,
+    MetricSpec,
+    PriorSpec,
+    ScheduleSpec,
+)
+from .schedules import Schedule
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArchitectureSpec",
+    "BenchmarkSpec",
+    "CVAE",
+    "CVAEError",
+    "CheckpointError",
+    "ComponentSpec",
+    "ConditionInfo",
+    "ConditionSpec",
+    "ConfigError",
+    "DataBundle",
+    "DatasetSpec",
+    "EnvironmentSpec",
+    "Likelihood",
+    "LikelihoodSpec",
+    "LossTerms",
+    "MetricSpec",
+    "PluginError",
+    "Prior",
+    "PriorSpec",
+    "Schedule",
+    "ScheduleSpec",
+    "TargetInfo",
+    "TensorData",
+    "UnknownComponentError",
+    "get_plugin_manager",
+    "get_registry",
+    "hookimpl",
+    "iterate_batches",
+    "register_plugin",
+    "unregister_plugin",
+]

@@ -1,0 +1,43 @@
+"""The engine's own plugin: generic building blocks every user needs, registered through the same
+hooks (and the same entry-point group) as any third-party plugin."""
+
+from __future__ import annotations
+
+from . import likelihoods, nets, priors, schedules
+from .plugins import hookimpl
+from .registry import ArchitectureSpec, LikelihoodSpec, PriorSpec, ScheduleSpec
+
+
+@hookimpl
+def cvae_likelihoods() -> list[LikelihoodSpec]:
+    return [
+        LikelihoodSpec("bernoulli", likelihoods.Bernoulli, "independent Bernoulli per element; targets in [0, 1]"),
+        LikelihoodSpec("gaussian", likelihoods.GaussianFixed, "Gaussian with a fixed sigma (option sigma)"),
+        LikelihoodSpec("gaussian_learned", likelihoods.GaussianLearned, "Gaussian with a learned, soft-clamped sigma per element"),
+        LikelihoodSpec("categorical", likelihoods.Categorical, "softmax over every discrete value (256 for 8-bit images)"),
+        LikelihoodSpec("discretized_logistic", likelihoods.DiscretizedLogistic, "logistic integrated over each value's bin"),
+        LikelihoodSpec("discretized_logistic_mixture", likelihoods.DiscretizedLogisticMixture,
+                       "mixture of discretized logistics (option components)"),
+    ]
+
+
+@hookimpl
+def cvae_priors() -> list[PriorSpec]:
+    return [
+        PriorSpec("standard", priors.StandardNormalPrior, "fixed N(0, I)"),
+        PriorSpec("learned", priors.LearnedGaussianPrior, "Gaussian p(z | x) from an MLP over the condition features"),
+    ]
+
+
+@hookimpl
+def cvae_architectures() -> list[ArchitectureSpec]:
+    return [ArchitectureSpec("mlp", nets.build_mlp, "fully connected encoder and decoder for targets of any shape")]
+
+
+@hookimpl
+def cvae_schedules() -> list[ScheduleSpec]:
+    return [
+        ScheduleSpec("constant", schedules.Constant, "beta throughout"),
+        ScheduleSpec("linear", schedules.LinearWarmup, "beta rises linearly over warmup_steps"),
+        ScheduleSpec("cyclical", schedules.Cyclical, "repeated linear warm-ups every cycle_steps"),
+    ]

@@ -1,0 +1,144 @@
+"""The data contract: a batch is `(conditions, y)`, described by `TargetInfo` and `ConditionInfo`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .errors import CVAEError
+
+__all__ = ["TargetInfo", "ConditionInfo", "DataBundle", "TensorData", "iterate_batches", "Batch"]
+
+Batch = tuple[dict[str, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TargetInfo:
+    """What is generated: per-example `shape`, value range, and `levels` evenly spaced values in
+    [low, high] for discrete data (None for continuous data). Images are (channels, height, width)."""
+
+    shape: tuple[int, ...]
+    low: float = 0.0
+    high: float = 1.0
+    levels: int | None = None
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.shape) == 3
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "shape": list(self.shape)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TargetInfo:
+        return cls(**{**d, "shape": tuple(d["shape"])})
+
+
+@dataclass(frozen=True)
+class ConditionInfo:
+    """A condition a dataset provides: `encoder` names the default condition encoder, `shape` is the
+    per-example shape of the raw tensor, `num_classes`/`class_names` describe categorical ones."""
+
+    encoder: str
+    shape: tuple[int, ...] = ()
+    num_classes: int | None = None
+    class_names: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "shape": list(self.shape), "class_names": list(self.class_names)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ConditionInfo:
+        return cls(**{**d, "shape": tuple(d["shape"]), "class_names": tuple(d["class_names"])})
+
+
+@dataclass
+class DataBundle:
+    """A dataset's train and test splits and what they hold."""
+
+    name: str
+    target: TargetInfo
+    conditions: dict[str, ConditionInfo]
+    train: Dataset
+    test: Dataset
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class TensorData(Dataset):
+    """An in-memory split, validated once: batches are sliced directly, without a DataLoader."""
+
+    def __init__(self, y: torch.Tensor, conditions: Mapping[str, torch.Tensor] | None = None,
+                 target: TargetInfo | None = None, condition_info: Mapping[str, ConditionInfo] | None = None,
+                 name: str = "data") -> None:
+        conditions = dict(conditions or {})
+        if y.ndim == 0 or len(y) == 0:
+            raise CVAEError(f"{name}: the dataset is empty; it needs at least one example")
+        if not torch.is_floating_point(y):
+            raise CVAEError(f"{name}: targets must be a floating-point tensor, got {y.dtype}")
+        if not torch.isfinite(y).all():
+            bad = (~torch.isfinite(y)).flatten(1).any(1).nonzero().flatten()[:5].tolist()
+            raise CVAEError(f"{name}: targets contain NaN or infinite values (examples {bad}...)")
+        if target is not None:
+            if tuple(y.shape[1:]) != tuple(target.shape):
+                raise CVAEError(f"{name}: targets have shape {tuple(y.shape[1:])} per example; "
+                                f"the dataset declares {tuple(target.shape)}")
+            lo, hi = y.min().item(), y.max().item()
+            if lo < target.low - 1e-6 or hi > target.high + 1e-6:
+                raise CVAEError(f"{name}: targets range over [{lo:g}, {hi:g}], outside the declared "
+                                f"[{target.low:g}, {target.high:g}]")
+        for cname, value in conditions.items():
+            if len(value) != len(y):
+                raise CVAEError(f"{name}: condition {cname!r} has {len(value)} rows but there are {len(y)} targets")
+            if torch.is_floating_point(value) and not torch.isfinite(value).all():
+                raise CVAEError(f"{name}: condition {cname!r} contains NaN or infinite values")
+            info = (condition_info or {}).get(cname)
+            if info is not None and info.num_classes is not None:
+                if torch.is_floating_point(value):
+                    raise CVAEError(f"{name}: condition {cname!r} holds class indices and must be an integer "
+                                    f"tensor, got {value.dtype}")
+                if value.min() < 0 or value.max() >= info.num_classes:
+                    raise CVAEError(f"{name}: condition {cname!r} has labels in [{value.min().item()}, "
+                                    f"{value.max().item()}]; allowed are 0..{info.num_classes - 1}")
+        self.y = y
+        self.conditions = conditions
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> Batch:
+        return {k: v[i] for k, v in self.conditions.items()}, self.y[i]
+
+    def batch(self, index: torch.Tensor) -> Batch:
+        return {k: v[index] for k, v in self.conditions.items()}, self.y[index]
+
+    def to(self, device: torch.device | str) -> TensorData:
+        out = TensorData.__new__(TensorData)
+        out.y = self.y.to(device)
+        out.conditions = {k: v.to(device) for k, v in self.conditions.items()}
+        return out
+
+
+def iterate_batches(data: Dataset, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
+                    start: int = 0, device: torch.device | str = "cpu") -> Iterator[Batch]:
+    """Batches of a split in a reproducible order, starting at batch `start` (for exact resume)."""
+    n = len(data)
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    if isinstance(data, TensorData):
+        for b in range(start, math.ceil(n / batch_size)):
+            idx = order[b * batch_size:(b + 1) * batch_size]
+            conds, y = data.batch(idx.to(data.y.device))
+            yield {k: v.to(device, non_blocking=True) for k, v in conds.items()}, y.to(device, non_blocking=True)
+        return
+    sampler = order[start * batch_size:].tolist()
+    loader = DataLoader(data, batch_size=batch_size, sampler=sampler, num_workers=0)
+    for conds, y in loader:
+        yield {k: v.to(device) for k, v in conds.items()}, y.to(device)

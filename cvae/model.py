@@ -1,0 +1,173 @@
+"""The conditional VAE and its one loss.
+
+Reductions: the log-likelihood is summed over data dimensions and averaged over the batch; the KL is
+summed over latent dimensions and averaged over the batch. `beta` multiplies the KL (beta = 1 is the
+ELBO). Free bits (Kingma et al. 2016) give each latent dimension `free_bits` nats of KL for free:
+the KL term is sum_d max(KL_d averaged over the batch, free_bits).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .data import ConditionInfo, TargetInfo
+from .errors import CVAEError
+from .likelihoods import Likelihood
+from .priors import Prior, gaussian_log_prob
+
+__all__ = ["CVAE", "LossTerms"]
+
+
+@dataclass
+class LossTerms:
+    """One batch's loss (to minimise) and its parts, as 0-d tensors; `kl_per_dim` is (latent_dim,)."""
+
+    loss: torch.Tensor
+    rec: torch.Tensor
+    kl: torch.Tensor
+    kl_per_dim: torch.Tensor
+
+
+class CVAE(nn.Module):
+    """Encoder q(z | x, y), decoder p(y | x, z), prior p(z | x) and a likelihood, for condition
+    encoders named like the dataset's conditions (none at all for a plain VAE)."""
+
+    def __init__(self, *, conditions: Mapping[str, nn.Module], encoder: nn.Module, decoder: nn.Module, prior: Prior,
+                 likelihood: Likelihood, latent_dim: int, target: TargetInfo,
+                 condition_info: Mapping[str, ConditionInfo]) -> None:
+        super().__init__()
+        self.conditions = nn.ModuleDict(dict(sorted(conditions.items())))
+        self.encoder, self.decoder, self.prior, self.likelihood = encoder, decoder, prior, likelihood
+        self.latent_dim, self.target = latent_dim, target
+        self.condition_info = dict(condition_info)
+
+    @property
+    def cond_features(self) -> int:
+        return sum(m.out_features for m in self.conditions.values())
+
+    # -- inputs ------------------------------------------------------------------------------------
+
+    def features(self, conditions: Mapping[str, torch.Tensor], batch: int | None = None) -> torch.Tensor:
+        """Condition features h(x), (batch, cond_features); checks names and shapes on the way."""
+        if set(conditions) != set(self.conditions):
+            missing = sorted(set(self.conditions) - set(conditions))
+            unknown = sorted(set(conditions) - set(self.conditions))
+            raise CVAEError(f"conditions do not match the model: missing {missing}, unknown {unknown}; "
+                            f"this model takes {sorted(self.conditions) or 'no conditions'}")
+        parts = []
+        for name, enc in self.conditions.items():
+            value = conditions[name]
+            expected = tuple(self.condition_info[name].shape)
+            if tuple(value.shape[1:]) != expected:
+                raise CVAEError(f"condition {name!r} has shape {tuple(value.shape)}; expected (batch, "
+                                f"{', '.join(map(str, expected))}{',' if len(expected) == 1 else ''})")
+            parts.append(enc(value))
+        if parts:
+            return torch.cat(parts, dim=1)
+        if batch is None:
+            raise CVAEError("a model without conditions needs the number of examples (n) to sample")
+        return torch.zeros(batch, 0, device=self._device())
+
+    def _check_target(self, y: torch.Tensor) -> None:
+        if tuple(y.shape[1:]) != tuple(self.target.shape):
+            raise CVAEError(f"targets have shape {tuple(y.shape)}; this model expects (batch, "
+                            f"{', '.join(map(str, self.target.shape))})")
+
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # -- training ----------------------------------------------------------------------------------
+
+    def posterior(self, y: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-variance of q(z | x, y)."""
+        return self.encoder(y, h)
+
+    def forward(self, conditions: Mapping[str, torch.Tensor], y: torch.Tensor, beta: float = 1.0,
+                free_bits: float = 0.0) -> LossTerms:
+        """The beta-weighted negative ELBO of a batch, with its parts."""
+        self._check_target(y)
+        h = self.features(conditions, len(y))
+        mu, logvar = self.posterior(y, h)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        rec = self.likelihood.log_prob(self.decoder(z, h), y).mean()
+        kl_per_dim = self.prior.kl(mu, logvar, z, h).mean(0)
+        kl = kl_per_dim.sum()
+        kl_term = kl_per_dim.clamp(min=free_bits).sum() if free_bits > 0 else kl
+        return LossTerms(loss=beta * kl_term - rec, rec=rec, kl=kl, kl_per_dim=kl_per_dim)
+
+    # -- evaluation --------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def elbo(self, conditions: Mapping[str, torch.Tensor], y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-example ELBO, reconstruction log-likelihood and KL (beta = 1), each (batch,)."""
+        self._check_target(y)
+        h = self.features(conditions, len(y))
+        mu, logvar = self.posterior(y, h)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        rec = self.likelihood.log_prob(self.decoder(z, h), y)
+        kl = self.prior.kl(mu, logvar, z, h).flatten(1).sum(1)
+        return {"elbo": rec - kl, "rec": rec, "kl": kl}
+
+    @torch.no_grad()
+    def iwae(self, conditions: Mapping[str, torch.Tensor], y: torch.Tensor, k: int = 100,
+             chunk: int = 2048) -> torch.Tensor:
+        """Importance-weighted estimate of log p(y | x) per example with `k` samples (Burda et al.):
+        a lower bound that tightens as k grows. Samples are drawn `chunk` rows at a time."""
+        self._check_target(y)
+        if k < 1:
+            raise CVAEError(f"IWAE needs k >= 1 samples, got {k}")
+        h = self.features(conditions, len(y))
+        mu, logvar = self.posterior(y, h)
+        b = len(y)
+        per_chunk = max(1, chunk // b)
+        log_w = []
+        for start in range(0, k, per_chunk):
+            kk = min(per_chunk, k - start)
+            mu_k, logvar_k = mu.repeat(kk, 1), logvar.repeat(kk, 1)
+            h_k, y_k = h.repeat(kk, 1), y.repeat(kk, *([1] * (y.ndim - 1)))
+            z = mu_k + torch.exp(0.5 * logvar_k) * torch.randn_like(mu_k)
+            lw = (self.likelihood.log_prob(self.decoder(z, h_k), y_k) + self.prior.log_prob(z, h_k)
+                  - gaussian_log_prob(z, mu_k, logvar_k))
+            log_w.append(lw.view(kk, b))
+        return torch.logsumexp(torch.cat(log_w, 0), dim=0) - math.log(k)
+
+    @torch.no_grad()
+    def encode(self, conditions: Mapping[str, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+        """The posterior mean of z: a representation of y given x."""
+        self._check_target(y)
+        return self.posterior(y, self.features(conditions, len(y)))[0]
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, h: torch.Tensor, mode: str = "mean") -> torch.Tensor:
+        """Targets from latents: the likelihood's mean (`mode="mean"`) or a draw (`"sample"`)."""
+        params = self.decoder(z, h)
+        if mode == "mean":
+            return self.likelihood.mean(params)
+        if mode == "sample":
+            return self.likelihood.sample(params)
+        raise CVAEError(f"unknown decode mode {mode!r}; use 'mean' or 'sample'")
+
+    @torch.no_grad()
+    def reconstruct(self, conditions: Mapping[str, torch.Tensor], y: torch.Tensor, mode: str = "mean") -> torch.Tensor:
+        """Decode the posterior mean of each example."""
+        h = self.features(conditions, len(y))
+        return self.decode(self.posterior(y, h)[0], h, mode)
+
+    @torch.no_grad()
+    def sample(self, conditions: Mapping[str, torch.Tensor] | None = None, n: int | None = None,
+               mode: str = "mean", z: str = "prior") -> torch.Tensor:
+        """Generate one target per row of the conditions (or `n` for a plain VAE): z from the prior
+        (`z="prior"`) or at the prior's mean (`z="mean"`), then decode."""
+        h = self.features(conditions or {}, n)
+        if z == "prior":
+            latent = self.prior.sample(h)
+        elif z == "mean":
+            latent = self.prior.mode(h)
+        else:
+            raise CVAEError(f"unknown z rule {z!r}; use 'prior' or 'mean'")
+        return self.decode(latent, h, mode)

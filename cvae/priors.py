@@ -1,0 +1,85 @@
+"""Priors p(z | x): the fixed standard normal, and a Gaussian whose mean and scale a network
+computes from the condition features (Sohn et al. 2015)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .nets import mlp
+
+__all__ = ["Prior", "StandardNormalPrior", "LearnedGaussianPrior", "gaussian_kl", "gaussian_log_prob"]
+
+
+def gaussian_kl(q_mu: torch.Tensor, q_logvar: torch.Tensor, p_mu: torch.Tensor, p_logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(q_mu, q_var) || N(p_mu, p_var)) per latent dimension, in closed form."""
+    return 0.5 * (p_logvar - q_logvar + (q_logvar.exp() + (q_mu - p_mu) ** 2) * torch.exp(-p_logvar) - 1.0)
+
+
+def gaussian_log_prob(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log N(z; mu, exp(logvar)) summed over latent dimensions."""
+    lp = -0.5 * (logvar + (z - mu) ** 2 * torch.exp(-logvar) + math.log(2 * math.pi))
+    return lp.flatten(1).sum(1)
+
+
+class Prior(nn.Module):
+    """A diagonal Gaussian over z given condition features `h`; subclasses implement `params`."""
+
+    def __init__(self, latent_dim: int) -> None:
+        super().__init__()
+        self.latent_dim = latent_dim
+
+    def params(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-variance of p(z | x), each (batch, latent_dim)."""
+        raise NotImplementedError
+
+    def kl(self, q_mu: torch.Tensor, q_logvar: torch.Tensor, z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """KL(q(z | x, y) || p(z | x)) per latent dimension, (batch, latent_dim). `z` is the posterior
+        draw, for priors that can only estimate the KL by sampling; Gaussian priors ignore it."""
+        return gaussian_kl(q_mu, q_logvar, *self.params(h))
+
+    def log_prob(self, z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return gaussian_log_prob(z, *self.params(h))
+
+    def sample(self, h: torch.Tensor) -> torch.Tensor:
+        mu, logvar = self.params(h)
+        return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+
+    def mode(self, h: torch.Tensor) -> torch.Tensor:
+        return self.params(h)[0]
+
+
+class StandardNormalPrior(Prior):
+    """Fixed N(0, I), whatever the condition."""
+
+    def __init__(self, *, cond_features: int, latent_dim: int) -> None:
+        super().__init__(latent_dim)
+
+    def params(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        zeros = h.new_zeros(h.shape[0], self.latent_dim)
+        return zeros, zeros
+
+    def kl(self, q_mu: torch.Tensor, q_logvar: torch.Tensor, z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (q_logvar.exp() + q_mu**2 - 1.0 - q_logvar)
+
+
+class LearnedGaussianPrior(Prior):
+    """N(mu(x), sigma(x)^2) from an MLP over the condition features. With no condition it learns a
+    single mean and scale, which is equivalent to N(0, I) up to an affine map of z."""
+
+    def __init__(self, *, cond_features: int, latent_dim: int, hidden: list[int] | tuple[int, ...] = (128, 128),
+                 min_logvar: float = -8.0) -> None:
+        super().__init__(latent_dim)
+        self.net = mlp(cond_features, list(hidden), 2 * latent_dim) if cond_features > 0 else None
+        self.bias = nn.Parameter(torch.zeros(2 * latent_dim))
+        self.min_logvar = float(min_logvar)
+
+    def params(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.bias.expand(h.shape[0], -1)
+        if self.net is not None:
+            out = out + self.net(h)
+        mu, logvar = out.chunk(2, dim=1)
+        return mu, self.min_logvar + F.softplus(logvar - self.min_logvar)  # soft floor keeps gradients

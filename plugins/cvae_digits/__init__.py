@@ -1,0 +1,1 @@
+"""Placeholder: the bundled digits dataset (being written)."""

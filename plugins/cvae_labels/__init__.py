@@ -1,0 +1,1 @@
+"""Placeholder: label and vector conditioning (being written)."""
