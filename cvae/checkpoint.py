@@ -1,0 +1,92 @@
+"""Checkpoints: written atomically, loaded without unpickling arbitrary objects.
+
+A checkpoint is a `torch.save` of plain containers and tensors, loaded with `weights_only=True`, so a
+file from an untrusted source cannot run code. It holds the model, optimiser and schedule state, the
+RNG state, the position in training (epoch, batch within the epoch, step) and the resolved config.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import CheckpointError
+
+__all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "list_checkpoints", "latest_checkpoint", "atomic_write"]
+
+FORMAT = "cvae-checkpoint"
+VERSION = 1
+_NAME = re.compile(r"step-(\d+)\.pt$")
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Call `write(file)` on a temporary file beside `path`, then rename it into place, so a reader
+    (or a resumed run) sees the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(directory: Path, state: dict[str, Any], keep: int = 2) -> Path:
+    """Write `state` as `step-<step>.pt` in `directory` and drop all but the `keep` newest."""
+    path = Path(directory) / f"step-{int(state['step']):09d}.pt"
+    atomic_write(path, lambda f: torch.save({"format": FORMAT, "version": VERSION, **state}, f))
+    for old in list_checkpoints(directory)[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    """Checkpoints in `directory`, oldest first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted((p for p in directory.iterdir() if _NAME.search(p.name)), key=lambda p: int(_NAME.search(p.name)[1]))
+
+
+def latest_checkpoint(directory: Path) -> Path:
+    found = list_checkpoints(directory)
+    if not found:
+        raise CheckpointError(f"no checkpoint in {directory}: expected files named step-NNNNNNNNN.pt")
+    return found[-1]
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and check one checkpoint; a corrupt, truncated or foreign file is a CheckpointError that
+    names the previous good checkpoint, if there is one."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} does not exist") from None
+    except Exception as exc:  # torch raises many types for bad files; all mean "unusable"
+        raise CheckpointError(f"checkpoint {path} is corrupt, truncated or not a cvae checkpoint "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}){_fallback(path)}") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a cvae checkpoint (no '{FORMAT}' marker){_fallback(path)}")
+    if state.get("version") != VERSION:
+        raise CheckpointError(f"{path} has checkpoint version {state.get('version')}; this cvae reads version {VERSION}")
+    missing = {"config", "model", "target", "conditions", "step", "epoch", "batch"} - set(state)
+    if missing:
+        raise CheckpointError(f"{path} lacks {sorted(missing)}{_fallback(path)}")
+    return state
+
+
+def _fallback(path: Path) -> str:
+    older = [p for p in list_checkpoints(path.parent) if p.name < path.name]
+    if older:
+        return f"; the previous checkpoint {older[-1]} is kept: move {path.name} away to resume from it"
+    return ""

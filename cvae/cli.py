@@ -1,0 +1,222 @@
+"""The `cvae` command line: train, sample, eval, plugins."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import config as config_mod
+from .errors import CVAEError
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cvae", description="Conditional VAEs: train, sample, evaluate, inspect plugins.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model (with no config: the bundled digits)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Train a CVAE. Settings come from defaults, then CONFIG (TOML), then --set.",
+                       epilog="configuration keys (TOML tables by the part before the last dot):\n" + config_mod.describe_keys())
+    p.add_argument("config", nargs="?", type=Path, help="TOML configuration file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one key, e.g. --set train.epochs=20 (repeatable; values are TOML)")
+    p.add_argument("--out", type=Path, default=None, help="run directory (default: runs/<dataset>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+
+    p = sub.add_parser("sample", help="generate from a trained run")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--condition", action="append", default=[], metavar="NAME=VALUE",
+                   help="fix a condition, e.g. --condition label=3 (repeatable)")
+    p.add_argument("--n", type=int, default=None, help="samples (per class in a class grid); default 10 per class or 64")
+    p.add_argument("--out", type=Path, required=True, help=".png (a grid) or .npz (array 'samples' plus conditions)")
+    p.add_argument("--mode", choices=("mean", "sample"), default=None, help="decode to the mean or draw (default: the run's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("eval", help="evaluate a trained run on its test split")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--iwae-samples", type=int, default=None, help="importance samples (default: the run's eval.iwae_samples)")
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("plugins", help="list plugins, their hooks and components, and failures")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return {"train": _train, "sample": _sample, "eval": _eval, "plugins": _plugins}[args.command](args)
+    except CVAEError as exc:
+        print(f"cvae {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"cvae {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .checkpoint import latest_checkpoint, load_checkpoint
+    from .train import NonFiniteLossError, Trainer
+
+    if args.resume:
+        if args.out is None:
+            raise CVAEError("--resume needs --out RUN_DIR: the run to continue")
+        saved = load_checkpoint(latest_checkpoint(args.out / "checkpoints"))["config"]
+        cfg = (config_mod.load_config(args.config, args.overrides) if args.config
+               else config_mod.apply_overrides(copy.deepcopy(saved), args.overrides))
+    else:
+        cfg = config_mod.load_config(args.config, args.overrides)
+    out = args.out or Path("runs") / cfg["data"]["name"]
+    trainer = Trainer(cfg, out, resume=args.resume)
+    where = "resuming at" if args.resume else "starting"
+    print(f"cvae train: {where} epoch {trainer.epoch + 1}/{trainer.config['train']['epochs']} of "
+          f"{trainer.config['data']['name']} on {trainer.device} -> {out}", file=sys.stderr)
+    try:
+        metrics = trainer.fit()
+    except KeyboardInterrupt:
+        print(f"cvae train: interrupted at step {trainer.step}; state saved. Continue with: "
+              f"cvae train --out {out} --resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except NonFiniteLossError as exc:
+        print(f"cvae train: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"trained {trainer.epoch} epochs ({trainer.step} steps): test ELBO {metrics['test_elbo']:.2f} nats")
+    if "eval" in metrics:
+        print(_format_eval(metrics["eval"]))
+    print(f"run directory: {out} (samples.png, reconstructions.png, metrics.jsonl, eval.json, checkpoints/)")
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+    from torchvision.utils import save_image
+
+    from .runs import load_run
+
+    suffix = args.out.suffix.lower()
+    if suffix not in (".png", ".npz"):
+        raise CVAEError(f"--out {args.out}: the file must end in .png (a grid) or .npz (arrays)")
+    if args.n is not None and args.n < 1:
+        raise CVAEError(f"--n must be >= 1, got {args.n}")
+    run = load_run(args.run_dir, args.device)
+    model = run.model
+    given: dict[str, torch.Tensor] = {}
+    for item in args.condition:
+        name, sep, text = item.partition("=")
+        if not sep:
+            raise CVAEError(f"--condition {item!r} is not of the form NAME=VALUE (for example label=3)")
+        if name not in model.conditions:
+            raise CVAEError(f"--condition {name!r}: this model's conditions are {sorted(model.conditions) or 'none'}")
+        given[name] = model.conditions[name].parse(text).to(run.device)
+    conditions, n, nrow = _sample_conditions(model, given, args.n, run.device)
+    mode = args.mode or run.config["eval"]["sample_mode"]
+    torch.manual_seed(args.seed)
+    samples = model.sample(conditions, n=n, mode=mode).cpu()
+    if model.target.is_image:
+        t = model.target
+        samples = ((samples - t.low) / (t.high - t.low)).clamp(0, 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".png":
+        if not model.target.is_image:
+            raise CVAEError("these targets are not images: write them with --out FILE.npz")
+        save_image(samples, args.out, nrow=nrow, padding=1, pad_value=0.5)
+    else:
+        np.savez(args.out, samples=samples.numpy(), **{k: v.cpu().numpy() for k, v in conditions.items()})
+    print(f"wrote {len(samples)} samples to {args.out}")
+    return 0
+
+
+def _sample_conditions(model: Any, given: dict, n: int | None, device: Any) -> tuple[dict, int, int]:
+    """Conditions for `cvae sample`: given ones repeated n times; a class condition left open
+    becomes a grid with one row per class; any other open condition is an error."""
+    import torch
+
+    from .pictures import class_condition
+
+    open_ = sorted(set(model.conditions) - set(given))
+    label = class_condition(model)
+    grid = label in open_
+    if grid:
+        open_.remove(label)
+    if open_:
+        raise CVAEError(f"give a value for condition(s) {open_} with --condition NAME=VALUE")
+    if grid:
+        per = n or 10
+        classes = model.condition_info[label].num_classes
+        conds = {k: v.expand(classes * per, *v.shape) for k, v in given.items()}
+        conds[label] = torch.arange(classes, device=device).repeat_interleave(per)
+        return conds, classes * per, per
+    total = n or (10 if given else 64)
+    return {k: v.expand(total, *v.shape) for k, v in given.items()}, total, min(total, 10 if given else 8)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .build import load_data
+    from .checkpoint import atomic_write
+    from .evaluate import evaluate
+    from .runs import load_run
+
+    run = load_run(args.run_dir, args.device)
+    ec = run.config["eval"]
+    data = load_data(run.config)
+    results = evaluate(run.model, data, run.device, run_dir=run.path, seed=run.config["seed"],
+                       iwae_samples=args.iwae_samples or ec["iwae_samples"], batch_size=ec["batch_size"],
+                       sample_mode=ec["sample_mode"])
+    results = {"checkpoint": str(run.checkpoint), "epoch": run.epoch, "step": run.step, **results}
+    atomic_write(run.path / "eval.json", lambda f: f.write(json.dumps(results, indent=2).encode()))
+    print(json.dumps(results, indent=2) if args.json else _format_eval(results))
+    return 0
+
+
+def _format_eval(results: dict[str, Any]) -> str:
+    lines = []
+    for key, value in results.items():
+        if isinstance(value, list):
+            continue
+        if isinstance(value, float):
+            value = f"{value:.4g}"
+        lines.append(f"  {key:<28} {value}")
+    return "\n".join(lines)
+
+
+def _plugins(args: argparse.Namespace) -> int:
+    from .plugins import get_registry, plugin_failures, plugin_records
+
+    error = None
+    try:
+        registry = get_registry()
+    except CVAEError as exc:  # a clash between plugins: still show what loaded
+        registry, error = None, str(exc)
+    rows = []
+    for rec in plugin_records():
+        rows.append({"name": rec.name, "distribution": rec.distribution, "version": rec.version,
+                     "hooks": list(rec.hooks), "components": registry.contributed_by(rec.name) if registry else {}})
+    failed = [{"name": f.name, "distribution": f.distribution, "reason": f.reason} for f in plugin_failures()]
+    if args.json:
+        print(json.dumps({"plugins": rows, "failed": failed, "error": error}, indent=2))
+    else:
+        for r in rows:
+            print(f"{r['name']}  ({r['distribution']} {r['version']})")
+            print(f"  hooks: {', '.join(r['hooks']) or 'none'}")
+            for kind, names in r["components"].items():
+                print(f"  {kind}: {', '.join(names)}")
+        for f in failed:
+            print(f"FAILED {f['name']}  ({f['distribution']}): {f['reason']}")
+        if error:
+            print(f"ERROR: {error}")
+    return EXIT_USAGE if error else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

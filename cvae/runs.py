@@ -1,0 +1,47 @@
+"""Open a finished (or interrupted) run: its config, its data description and its trained model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .build import build_model, resolve_device
+from .checkpoint import latest_checkpoint, load_checkpoint
+from .data import ConditionInfo, TargetInfo
+from .errors import CheckpointError, CVAEError
+from .model import CVAE
+
+__all__ = ["Run", "load_run"]
+
+
+@dataclass
+class Run:
+    path: Path
+    checkpoint: Path
+    config: dict[str, Any]
+    model: CVAE
+    device: torch.device
+    epoch: int
+    step: int
+
+
+def load_run(run_dir: str | Path, device: str = "auto") -> Run:
+    """The model of a run directory at its newest checkpoint, in eval mode."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CVAEError(f"run directory {run_dir} does not exist (it is the --out of `cvae train`)")
+    path = latest_checkpoint(run_dir / "checkpoints")
+    dev = resolve_device(device)
+    state = load_checkpoint(path, map_location=dev)
+    target = TargetInfo.from_dict(state["target"])
+    conditions = {k: ConditionInfo.from_dict(v) for k, v in state["conditions"].items()}
+    model = build_model(state["config"], target, conditions).to(dev)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path} does not fit the model its config describes: {str(exc).splitlines()[0]}") from None
+    model.eval()
+    return Run(run_dir, path, state["config"], model, dev, state["epoch"], state["step"])
