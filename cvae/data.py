@@ -85,7 +85,7 @@ class TensorData(Dataset):
         if not torch.is_floating_point(y):
             raise CVAEError(f"{name}: targets must be a floating-point tensor, got {y.dtype}")
         if not torch.isfinite(y).all():
-            bad = (~torch.isfinite(y)).flatten(1).any(1).nonzero().flatten()[:5].tolist()
+            bad = (~torch.isfinite(y)).reshape(len(y), -1).any(1).nonzero().flatten()[:5].tolist()
             raise CVAEError(f"{name}: targets contain NaN or infinite values (examples {bad}...)")
         if target is not None:
             if tuple(y.shape[1:]) != tuple(target.shape):
@@ -96,11 +96,15 @@ class TensorData(Dataset):
                 raise CVAEError(f"{name}: targets range over [{lo:g}, {hi:g}], outside the declared "
                                 f"[{target.low:g}, {target.high:g}]")
         for cname, value in conditions.items():
-            if len(value) != len(y):
-                raise CVAEError(f"{name}: condition {cname!r} has {len(value)} rows but there are {len(y)} targets")
+            rows = len(value) if value.ndim > 0 else 0
+            if rows != len(y):
+                raise CVAEError(f"{name}: condition {cname!r} has {rows} rows but there are {len(y)} targets")
             if torch.is_floating_point(value) and not torch.isfinite(value).all():
                 raise CVAEError(f"{name}: condition {cname!r} contains NaN or infinite values")
             info = (condition_info or {}).get(cname)
+            if info is not None and tuple(value.shape[1:]) != tuple(info.shape):
+                raise CVAEError(f"{name}: condition {cname!r} has shape {tuple(value.shape[1:])} per example; "
+                                f"the dataset declares {tuple(info.shape)}")
             if info is not None and info.num_classes is not None:
                 if torch.is_floating_point(value):
                     raise CVAEError(f"{name}: condition {cname!r} holds class indices and must be an integer "

@@ -184,10 +184,11 @@ def _discretized_logistic_log_prob(mu: torch.Tensor, log_scale: torch.Tensor, id
     """Per-element log-probability of bin `idx` of `levels` bins spanning [-1, 1], for a logistic
     with location `mu` and log-scale `log_scale` (all of one shape); the edge bins take the tails."""
     half = 1.0 / (levels - 1)
-    x = idx.to(mu.dtype) * (2 * half) - 1.0
+    i = idx.to(mu.dtype)
     inv = torch.exp(-log_scale)
-    upper = (x + half - mu) * inv
-    lower = (x - half - mu) * inv
+    # bin edges computed the same way from both sides, so neighbouring bins share an edge exactly
+    upper = ((2 * i + 1) * half - 1.0 - mu) * inv
+    lower = ((2 * i - 1) * half - 1.0 - mu) * inv
     # log(sigmoid(upper) - sigmoid(lower)), written so that neither tail loses precision
     mid = lower + _log_expm1(upper - lower) - F.softplus(upper) - F.softplus(lower)
     left = -F.softplus(-upper)

@@ -41,6 +41,10 @@ class CVAE(nn.Module):
                  likelihood: Likelihood, latent_dim: int, target: TargetInfo,
                  condition_info: Mapping[str, ConditionInfo]) -> None:
         super().__init__()
+        missing = sorted(set(conditions) - set(condition_info))
+        if missing:
+            raise CVAEError(f"condition encoders {missing} have no ConditionInfo; the data describes "
+                            f"{sorted(condition_info) or 'no conditions'}")
         self.conditions = nn.ModuleDict(dict(sorted(conditions.items())))
         self.encoder, self.decoder, self.prior, self.likelihood = encoder, decoder, prior, likelihood
         self.latent_dim, self.target = latent_dim, target
@@ -59,13 +63,16 @@ class CVAE(nn.Module):
             unknown = sorted(set(conditions) - set(self.conditions))
             raise CVAEError(f"conditions do not match the model: missing {missing}, unknown {unknown}; "
                             f"this model takes {sorted(self.conditions) or 'no conditions'}")
+        rows = {name: len(value) for name, value in sorted(conditions.items()) if value.ndim > 0}
+        if len(set(rows.values())) > 1:
+            raise CVAEError(f"conditions must have one row per example, got {rows} rows")
         parts = []
         for name, enc in self.conditions.items():
             value = conditions[name]
             expected = tuple(self.condition_info[name].shape)
-            if tuple(value.shape[1:]) != expected:
-                raise CVAEError(f"condition {name!r} has shape {tuple(value.shape)}; expected (batch, "
-                                f"{', '.join(map(str, expected))}{',' if len(expected) == 1 else ''})")
+            if value.ndim == 0 or tuple(value.shape[1:]) != expected:
+                raise CVAEError(f"condition {name!r} has shape {tuple(value.shape)}; expected "
+                                f"{('batch', *expected)}")
             parts.append(enc(value))
         if parts:
             return torch.cat(parts, dim=1)
@@ -74,9 +81,17 @@ class CVAE(nn.Module):
         return torch.zeros(batch, 0, device=self._device())
 
     def _check_target(self, y: torch.Tensor) -> None:
-        if tuple(y.shape[1:]) != tuple(self.target.shape):
-            raise CVAEError(f"targets have shape {tuple(y.shape)}; this model expects (batch, "
-                            f"{', '.join(map(str, self.target.shape))})")
+        if y.ndim == 0 or tuple(y.shape[1:]) != tuple(self.target.shape):
+            raise CVAEError(f"targets have shape {tuple(y.shape)}; this model expects "
+                            f"{('batch', *self.target.shape)}")
+
+    def _inputs(self, conditions: Mapping[str, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+        """Check a batch `(conditions, y)` and return its condition features."""
+        self._check_target(y)
+        rows = {name: len(value) for name, value in sorted(conditions.items()) if value.ndim > 0}
+        if any(r != len(y) for r in rows.values()):
+            raise CVAEError(f"the batch has {len(y)} targets but its conditions have {rows} rows")
+        return self.features(conditions, len(y))
 
     def _device(self) -> torch.device:
         return next(self.parameters()).device
@@ -90,8 +105,7 @@ class CVAE(nn.Module):
     def forward(self, conditions: Mapping[str, torch.Tensor], y: torch.Tensor, beta: float = 1.0,
                 free_bits: float = 0.0) -> LossTerms:
         """The beta-weighted negative ELBO of a batch, with its parts."""
-        self._check_target(y)
-        h = self.features(conditions, len(y))
+        h = self._inputs(conditions, y)
         mu, logvar = self.posterior(y, h)
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
         rec = self.likelihood.log_prob(self.decoder(z, h), y).mean()
@@ -105,8 +119,7 @@ class CVAE(nn.Module):
     @torch.no_grad()
     def elbo(self, conditions: Mapping[str, torch.Tensor], y: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-example ELBO, reconstruction log-likelihood and KL (beta = 1), each (batch,)."""
-        self._check_target(y)
-        h = self.features(conditions, len(y))
+        h = self._inputs(conditions, y)
         mu, logvar = self.posterior(y, h)
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
         rec = self.likelihood.log_prob(self.decoder(z, h), y)
@@ -118,18 +131,16 @@ class CVAE(nn.Module):
              chunk: int = 2048) -> torch.Tensor:
         """Importance-weighted estimate of log p(y | x) per example with `k` samples (Burda et al.):
         a lower bound that tightens as k grows. Samples are drawn `chunk` rows at a time."""
-        self._check_target(y)
         if k < 1:
             raise CVAEError(f"IWAE needs k >= 1 samples, got {k}")
-        h = self.features(conditions, len(y))
+        h = self._inputs(conditions, y)
         mu, logvar = self.posterior(y, h)
         b = len(y)
         per_chunk = max(1, chunk // b)
         log_w = []
         for start in range(0, k, per_chunk):
             kk = min(per_chunk, k - start)
-            mu_k, logvar_k = mu.repeat(kk, 1), logvar.repeat(kk, 1)
-            h_k, y_k = h.repeat(kk, 1), y.repeat(kk, *([1] * (y.ndim - 1)))
+            mu_k, logvar_k, h_k, y_k = (t.repeat(kk, *([1] * (t.ndim - 1))) for t in (mu, logvar, h, y))
             z = mu_k + torch.exp(0.5 * logvar_k) * torch.randn_like(mu_k)
             lw = (self.likelihood.log_prob(self.decoder(z, h_k), y_k) + self.prior.log_prob(z, h_k)
                   - gaussian_log_prob(z, mu_k, logvar_k))
@@ -139,8 +150,7 @@ class CVAE(nn.Module):
     @torch.no_grad()
     def encode(self, conditions: Mapping[str, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
         """The posterior mean of z: a representation of y given x."""
-        self._check_target(y)
-        return self.posterior(y, self.features(conditions, len(y)))[0]
+        return self.posterior(y, self._inputs(conditions, y))[0]
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, h: torch.Tensor, mode: str = "mean") -> torch.Tensor:
@@ -155,7 +165,7 @@ class CVAE(nn.Module):
     @torch.no_grad()
     def reconstruct(self, conditions: Mapping[str, torch.Tensor], y: torch.Tensor, mode: str = "mean") -> torch.Tensor:
         """Decode the posterior mean of each example."""
-        h = self.features(conditions, len(y))
+        h = self._inputs(conditions, y)
         return self.decode(self.posterior(y, h)[0], h, mode)
 
     @torch.no_grad()

@@ -86,6 +86,8 @@ def _hooks_of(pm: pluggy.PluginManager, plugin: object) -> tuple[str, ...]:
 def _add(state: _State, plugin: object, name: str, distribution: str, version: str) -> None:
     """Register one plugin, rejecting it (by name) if its hook implementations do not fit the specs."""
     pm = state.pm
+    if pm.is_registered(plugin):  # leave the plugin already there alone
+        raise PluginError(f"plugin {name!r} ({distribution}) is already registered as {pm.get_name(plugin)!r}")
     try:
         pm.register(plugin, name=name)
         pm.check_pending()
@@ -109,6 +111,8 @@ def _load_entry_points(state: _State) -> None:
         if not third_party and dist != "cvae":
             continue
         if ep.name in state.records:
+            if strict:
+                raise PluginError(f"plugin {ep.name!r} from {dist}: another plugin already uses this name")
             state.failures.append(PluginFailure(ep.name, dist, "another plugin already uses this name"))
             continue
         try:
@@ -157,6 +161,8 @@ def register_plugin(plugin: Any, name: str | None = None) -> None:
 def unregister_plugin(name: str) -> None:
     """Remove a plugin registered earlier."""
     state = _get_state()
+    if state.pm.get_plugin(name) is None:
+        raise PluginError(f"no plugin named {name!r} is registered; registered: {', '.join(sorted(state.records))}")
     state.pm.unregister(name=name)
     state.records.pop(name, None)
     state.registry = None

@@ -13,7 +13,7 @@ class Schedule:
     """beta as a function of the optimiser step; `observe` sees each step's KL (for controllers)."""
 
     def __init__(self, *, beta: float) -> None:
-        if beta < 0:
+        if not beta >= 0:  # also rejects NaN
             raise CVAEError(f"beta must be >= 0, got {beta}")
         self.target_beta = float(beta)
 
@@ -45,6 +45,8 @@ class LinearWarmup(Schedule):
         super().__init__(beta=beta)
         if warmup_steps < 1:
             raise CVAEError(f"schedule 'linear': warmup_steps must be >= 1, got {warmup_steps}")
+        if not start >= 0:
+            raise CVAEError(f"schedule 'linear': start must be >= 0, got {start}")
         self.warmup_steps, self.start = int(warmup_steps), float(start)
 
     def beta(self, step: int) -> float:
