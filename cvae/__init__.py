@@ -25,6 +25,10 @@ from .registry import (
     ScheduleSpec,
 )
 from .schedules import Schedule
+from .build import build_model, load_data
+from .evaluate import evaluate
+from .runs import Run, load_run
+from .train import Trainer, train
 
 __version__ = "0.1.0"
 
@@ -52,7 +56,14 @@ __all__ = [
     "ScheduleSpec",
     "TargetInfo",
     "TensorData",
+    "Run",
+    "Trainer",
     "UnknownComponentError",
+    "build_model",
+    "evaluate",
+    "load_data",
+    "load_run",
+    "train",
     "get_plugin_manager",
     "get_registry",
     "hookimpl",

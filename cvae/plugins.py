@@ -154,7 +154,7 @@ def register_plugin(plugin: Any, name: str | None = None) -> None:
     name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
     if name in state.records:
         raise PluginError(f"a plugin named {name!r} is already registered")
-    _add(state, plugin, name, "(registered in-process)", "")
+    _add(state, plugin, name, "registered in-process", "")
     state.registry = None
 
 

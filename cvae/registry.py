@@ -43,7 +43,7 @@ class ComponentSpec:
     def build(self, *args: Any, options: Mapping[str, Any] | None = None, where: str = "", **kwargs: Any) -> Any:
         """Call the factory with validated user `options` (named `where` in errors) plus fixed arguments."""
         options = dict(options or {})
-        check_options(self.factory, options, where or self.name, fixed=set(kwargs))
+        check_options(self.factory, options, where or self.name, fixed=set(kwargs), positional=len(args))
         return self.factory(*args, **kwargs, **options)
 
 
@@ -108,17 +108,20 @@ KINDS: dict[str, tuple[str, type[ComponentSpec]]] = {
 }
 
 
-def check_options(factory: Callable[..., Any], options: Mapping[str, Any], where: str, fixed: set[str] = frozenset()) -> None:
-    """Reject option names the factory does not accept, listing the ones it does."""
+def check_options(factory: Callable[..., Any], options: Mapping[str, Any], where: str, fixed: set[str] = frozenset(),
+                  positional: int = 0) -> None:
+    """Reject option names the factory does not accept, listing the ones it does; `fixed` keywords and
+    the first `positional` parameters are supplied by the toolkit, so they are not options."""
     try:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):  # builtins without a signature: let the call decide
         return
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
+    taken = set(fixed) | set(list(params)[:positional])
     allowed = sorted(
         n for n, p in params.items()
-        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and n not in fixed and n != "self"
+        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and n not in taken and n != "self"
     )
     for key in options:
         if key not in allowed:
