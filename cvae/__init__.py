@@ -15,6 +15,7 @@ from .priors import Prior
 from .registry import (
     ArchitectureSpec,
     BenchmarkSpec,
+    CommandSpec,
     ComponentSpec,
     ConditionSpec,
     DatasetSpec,
@@ -37,6 +38,7 @@ __all__ = [
     "BenchmarkSpec",
     "CVAE",
     "CVAEError",
+    "CommandSpec",
     "CheckpointError",
     "ComponentSpec",
     "ConditionInfo",

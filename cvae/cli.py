@@ -17,7 +17,8 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> tuple[argparse.ArgumentParser, Any]:
+    """The parser and its subcommand group (plugins add their commands to the latter)."""
     parser = argparse.ArgumentParser(prog="cvae", description="Conditional VAEs: train, sample, evaluate, inspect plugins.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -49,13 +50,33 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plugins", help="list plugins, their hooks and components, and failures")
     p.add_argument("--json", action="store_true", help="print JSON")
-    return parser
+    return parser, sub
+
+
+def _plugin_commands() -> dict[str, object]:
+    """Subcommands that plugins register (`cvae_commands`), built once per invocation."""
+    from .plugins import get_registry
+
+    try:
+        return {spec.name: spec.factory() for spec in get_registry().specs("command")}
+    except CVAEError as exc:  # a broken plugin must not take `cvae plugins` down with it
+        print(f"cvae: warning: plugin commands unavailable: {exc}", file=sys.stderr)
+        return {}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser, sub = _parser()
+    commands = _plugin_commands()
+    handlers = {"train": _train, "sample": _sample, "eval": _eval, "plugins": _plugins}
+    for name, command in commands.items():
+        if name in handlers:
+            print(f"cvae: warning: a plugin command {name!r} clashes with a built-in one and is ignored", file=sys.stderr)
+            continue
+        command.add_arguments(sub.add_parser(name, help=command.help))
+        handlers[name] = command.run
+    args = parser.parse_args(argv)
     try:
-        return {"train": _train, "sample": _sample, "eval": _eval, "plugins": _plugins}[args.command](args)
+        return handlers[args.command](args)
     except CVAEError as exc:
         print(f"cvae {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

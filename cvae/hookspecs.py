@@ -163,6 +163,22 @@ def cvae_benchmarks() -> list:
     """
 
 
+@hookspec
+def cvae_commands() -> list:
+    """Register subcommands of the `cvae` command line (for example `cvae bc ...`).
+
+    Returns a list of `CommandSpec`; `factory()` returns an object with `help` (one line),
+    `add_arguments(parser)` (an argparse parser of its own) and `run(args) -> int` (the exit code).
+    Raise `cvae.CVAEError` for bad input: the CLI prints it on one line and exits 2.
+
+    Example::
+
+        @cvae.hookimpl
+        def cvae_commands():
+            return [cvae.CommandSpec("bc", BehaviourCloningCommand, "behaviour cloning: collect, train, eval")]
+    """
+
+
 # ---------------------------------------------------------------------------------------------------
 # Training lifecycle hooks: loggers and callbacks
 # ---------------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ __all__ = [
     "MetricSpec",
     "EnvironmentSpec",
     "BenchmarkSpec",
+    "CommandSpec",
     "KINDS",
     "Registry",
     "check_options",
@@ -94,6 +95,11 @@ class BenchmarkSpec(ComponentSpec):
     """A throughput benchmark: `factory(**options)` returns a callable `run(device) -> list[dict]`."""
 
 
+@dataclass(frozen=True)
+class CommandSpec(ComponentSpec):
+    """A `cvae` subcommand: `factory()` returns an object with `help`, `add_arguments(parser)` and `run(args)`."""
+
+
 # kind -> (hook name, record type)
 KINDS: dict[str, tuple[str, type[ComponentSpec]]] = {
     "condition": ("cvae_conditions", ConditionSpec),
@@ -105,6 +111,7 @@ KINDS: dict[str, tuple[str, type[ComponentSpec]]] = {
     "metric": ("cvae_metrics", MetricSpec),
     "environment": ("cvae_environments", EnvironmentSpec),
     "benchmark": ("cvae_benchmarks", BenchmarkSpec),
+    "command": ("cvae_commands", CommandSpec),
 }
 
 
