@@ -1,0 +1,308 @@
+"""Sample-quality metrics for class-conditional image models, judged by a classifier trained on the
+real training split (never on generated data):
+
+- `classifier_test_accuracy`: the classifier's accuracy on the real test split (how far to trust it);
+- `sample_accuracy`: the fraction of samples drawn for class c that the classifier calls c;
+- `sample_diversity`, `real_diversity`, `diversity_ratio`: mean pairwise L2 distance in pixel space
+  within a class, averaged over classes, for samples and for the real test split, and their ratio;
+- `frechet_classifier`, `frechet_classifier_real_test`, `frechet_ratio`: the Frechet distance between
+  Gaussians fitted to the classifier's penultimate features, per class, of samples vs the real
+  training split, and of the real test split vs the training split (same number of examples per
+  class, so the same small-sample bias), averaged over classes, and their ratio.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import cvae
+from cvae.evaluate import EvalContext
+
+__all__ = ["ImageClassifier", "class_sample_metrics", "frechet_distance", "label_condition", "make_class_metric",
+           "Sampler"]
+
+# sampler(class_index, n) -> n generated targets of that class, (n, *target.shape)
+Sampler = Callable[[int, int], torch.Tensor]
+
+CLASSIFIER_FILE = "classifier.pt"
+CLASSIFIER_CONFIG = "classifier.json"
+MAX_DIVERSITY_ROWS = 500  # pairwise distances of at most this many images per class
+CHUNK = 1024
+
+
+class ImageClassifier(nn.Module):
+    """A small CNN for images of any channel count and size: two convolutions, adaptive average
+    pooling to 4x4, a `feature_dim` penultimate layer (the features Frechet distances use), logits.
+    Inputs are standardised per channel with the training split's statistics (kept as buffers)."""
+
+    def __init__(self, channels: int, num_classes: int, feature_dim: int = 32, width: int = 32) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(channels))
+        self.register_buffer("std", torch.ones(channels))
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, padding=1, stride=2), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+            nn.Linear(2 * width * 16, feature_dim), nn.ReLU(),
+        )
+        self.head = nn.Linear(feature_dim, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.mean.view(1, -1, 1, 1)) / self.std.view(1, -1, 1, 1)
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def label_condition(context: EvalContext) -> str | None:
+    """The condition these metrics judge: the first one encoded as a class label ("label" encoder
+    with num_classes) that the model takes, on image targets; None when there is none."""
+    if not context.data.target.is_image:
+        return None
+    for name, info in sorted(context.data.conditions.items()):
+        if info.encoder == "label" and info.num_classes and name in context.model.conditions:
+            return name
+    return None
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Frechet distance between Gaussians fitted to the rows of `a` and of `b`:
+    |mu_a - mu_b|^2 + tr(S_a) + tr(S_b) - 2 tr((S_a^1/2 S_b S_a^1/2)^1/2), by eigen-decompositions of
+    symmetric matrices (exact for singular covariances, no complex round-off)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if len(a) < 2 or len(b) < 2:
+        raise cvae.CVAEError(f"a Frechet distance needs at least 2 rows on each side, got {len(a)} and {len(b)}")
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    s_a, s_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
+    w, v = np.linalg.eigh(s_a)
+    root_a = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+    m = root_a @ s_b @ root_a
+    cross = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0.0, None)).sum()
+    diff = mu_a - mu_b
+    return float(max(diff @ diff + np.trace(s_a) + np.trace(s_b) - 2.0 * cross, 0.0))
+
+
+def _mean_pairwise_distance(x: torch.Tensor) -> float:
+    """Mean L2 distance over all pairs of rows (flattened), of at most MAX_DIVERSITY_ROWS rows."""
+    x = x[:MAX_DIVERSITY_ROWS].flatten(1).double()
+    return float(torch.pdist(x).mean())
+
+
+def _gather(split: torch.utils.data.Dataset, device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """A whole split as tensors on `device`."""
+    ys, conds = [], []
+    for c, y in cvae.iterate_batches(split, CHUNK, device=device):
+        ys.append(y)
+        conds.append(c)
+    return torch.cat(ys), {k: torch.cat([c[k] for c in conds]) for k in conds[0]}
+
+
+def _fingerprint(y: torch.Tensor, labels: torch.Tensor) -> list[float]:
+    """A cheap summary of the training split, so a cached classifier is not reused for other data."""
+    y = y.double()
+    return [float(len(y)), round(float(y.sum()), 4), round(float(y.square().sum()), 4), float(labels.sum())]
+
+
+def _train_classifier(y: torch.Tensor, labels: torch.Tensor, config: dict[str, Any],
+                      device: torch.device) -> ImageClassifier:
+    """Fit the classifier to the real training split: Adam, `steps` minibatch steps, seeded by
+    `config["seed"]` without touching the caller's random state. On CPU it runs on one thread: its
+    small-batch steps gain little from intra-op threads and lose much when the cores are busy."""
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(config["seed"])
+            net = ImageClassifier(config["channels"], config["num_classes"], config["feature_dim"], config["width"])
+            net.mean.copy_(y.mean(dim=(0, 2, 3)).cpu())
+            net.std.copy_(y.std(dim=(0, 2, 3)).clamp(min=1e-6).cpu())
+            net.to(device).train()
+            opt = torch.optim.Adam(net.parameters(), lr=config["lr"])
+            gen = torch.Generator().manual_seed(config["seed"])
+            n, bs, step = len(y), min(config["batch_size"], len(y)), 0
+            while step < config["steps"]:
+                order = torch.randperm(n, generator=gen).to(y.device)
+                for start in range(0, n - bs + 1, bs):
+                    idx = order[start:start + bs]
+                    loss = F.cross_entropy(net(y[idx]), labels[idx])
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    step += 1
+                    if step >= config["steps"]:
+                        break
+    finally:
+        torch.set_num_threads(threads)
+    return net.eval()
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _classifier(context: EvalContext, y: torch.Tensor, labels: torch.Tensor, config: dict[str, Any]) -> ImageClassifier:
+    """The classifier for this run: loaded from `run_dir` when one trained with the same config on the
+    same data is cached there, trained (and cached) otherwise."""
+    run_dir = Path(context.run_dir) if context.run_dir is not None else None
+    if run_dir is not None:
+        weights, meta = run_dir / CLASSIFIER_FILE, run_dir / CLASSIFIER_CONFIG
+        if weights.is_file() and meta.is_file():
+            try:
+                if json.loads(meta.read_text()) == config:
+                    net = ImageClassifier(config["channels"], config["num_classes"], config["feature_dim"],
+                                          config["width"])
+                    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+                    return net.to(context.device).eval()
+            except (OSError, ValueError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as exc:
+                warnings.warn(f"retraining the evaluation classifier: the cached one in {run_dir} "
+                              f"cannot be read ({exc})", stacklevel=2)
+    net = _train_classifier(y, labels, config, context.device)
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+        _atomic_write(weights, lambda p: torch.save(state, p))
+        _atomic_write(meta, lambda p: p.write_text(json.dumps(config, indent=1) + "\n"))
+    return net
+
+
+@torch.no_grad()
+def _apply(net: ImageClassifier, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predicted classes and penultimate features of `x`, in chunks."""
+    preds, feats = [], []
+    for start in range(0, len(x), CHUNK):
+        f = net.features(x[start:start + CHUNK])
+        feats.append(f)
+        preds.append(net.head(f).argmax(1))
+    return torch.cat(preds), torch.cat(feats)
+
+
+def _model_sampler(context: EvalContext, label: str, train_conditions: dict[str, torch.Tensor]) -> Sampler:
+    """Samples of the run's model for one class; any other conditions are taken from training
+    examples of that class."""
+    model = context.model
+    train_labels = train_conditions[label]
+
+    def sample(c: int, n: int) -> torch.Tensor:
+        rows = (train_labels == c).nonzero().flatten()
+        if len(rows) == 0:  # a class with no training example still gets samples
+            rows = torch.arange(len(train_labels), device=train_labels.device)
+        out = []
+        for start in range(0, n, CHUNK):
+            idx = rows[torch.arange(start, min(n, start + CHUNK), device=rows.device) % len(rows)]
+            conds = {k: v[idx] for k, v in train_conditions.items()}
+            conds[label] = torch.full_like(conds[label], c)
+            out.append(model.sample(conds, mode=context.sample_mode))
+        return torch.cat(out)
+
+    return sample
+
+
+def class_sample_metrics(context: EvalContext, *, sampler: Sampler | None = None, samples_per_class: int = 100,
+                         feature_dim: int = 32, width: int = 32, steps: int = 500, batch_size: int = 64,
+                         lr: float = 2e-3, classifier_seed: int = 0) -> dict[str, float] | None:
+    """Every figure named in the module docstring, or None when the data has no class-label condition
+    or its targets are not images. For class c, max(samples_per_class, test examples of c) samples are
+    drawn (by `sampler`, the run's model by default, seeded with `context.seed` without disturbing
+    the caller's random state); the Frechet distance uses as many of them as the test split has of c."""
+    label = label_condition(context)
+    if label is None:
+        return None
+    devices = [context.device] if context.device.type == "cuda" else []
+    model, was_training = context.model, context.model.training
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=devices):
+            return _class_sample_metrics(context, label, sampler, int(samples_per_class), {
+                "format": 1, "feature_dim": int(feature_dim), "width": int(width), "steps": int(steps),
+                "batch_size": int(batch_size), "lr": float(lr), "seed": int(classifier_seed)})
+    finally:
+        model.train(was_training)
+
+
+def _class_sample_metrics(context: EvalContext, label: str, sampler: Sampler | None, samples_per_class: int,
+                          classifier: dict[str, Any]) -> dict[str, float]:
+    info = context.data.conditions[label]
+    device = context.device
+    train_y, train_c = _gather(context.data.train, device)
+    test_y, test_c = _gather(context.data.test, device)
+    train_labels, test_labels = train_c[label].long(), test_c[label].long()
+    config = {**classifier, "channels": context.data.target.shape[0], "image_shape": list(context.data.target.shape),
+              "num_classes": int(info.num_classes),
+              "data": {"name": context.data.name, "condition": label,
+                       "fingerprint": _fingerprint(train_y, train_labels)}}
+    net = _classifier(context, train_y, train_labels, config)
+
+    test_pred, test_feats = _apply(net, test_y)
+    _, train_feats = _apply(net, train_y)
+    out: dict[str, float] = {"classifier_test_accuracy": float((test_pred == test_labels).double().mean())}
+
+    if sampler is None:
+        sampler = _model_sampler(context, label, train_c)
+    correct = total = 0
+    diversity: list[tuple[float, float]] = []
+    frechet: list[tuple[float, float]] = []
+    torch.manual_seed(context.seed)
+    for c in range(int(info.num_classes)):
+        in_test, in_train = test_labels == c, train_labels == c
+        n_test = int(in_test.sum())
+        n = max(samples_per_class, n_test)
+        if n == 0:
+            continue
+        samples = sampler(c, n).to(device)
+        if tuple(samples.shape) != (n, *context.data.target.shape):
+            raise cvae.CVAEError(f"class metrics: {n} samples of class {c} came back with shape "
+                                 f"{tuple(samples.shape)}, not {(n, *context.data.target.shape)}")
+        if not torch.isfinite(samples).all():
+            raise cvae.CVAEError(f"class metrics: samples of class {c} contain NaN or infinite values")
+        pred, feats = _apply(net, samples.to(test_y.dtype))
+        correct += int((pred == c).sum())
+        total += n
+        if n >= 2 and n_test >= 2:
+            diversity.append((_mean_pairwise_distance(samples), _mean_pairwise_distance(test_y[in_test])))
+        if n_test >= 2 and int(in_train.sum()) >= 2:
+            reference = train_feats[in_train].cpu().numpy()
+            frechet.append((frechet_distance(feats[:n_test].cpu().numpy(), reference),
+                            frechet_distance(test_feats[in_test].cpu().numpy(), reference)))
+
+    if total:
+        out["sample_accuracy"] = correct / total
+    if diversity:
+        sample_div, real_div = (float(np.mean(v)) for v in zip(*diversity))
+        out.update(sample_diversity=sample_div, real_diversity=real_div)
+        if real_div > 0:
+            out["diversity_ratio"] = sample_div / real_div
+    if frechet:
+        fd_samples, fd_real = (float(np.mean(v)) for v in zip(*frechet))
+        out.update(frechet_classifier=fd_samples, frechet_classifier_real_test=fd_real)
+        if fd_real > 0:
+            out["frechet_ratio"] = fd_samples / fd_real
+    return out
+
+
+def make_class_metric(*, samples_per_class: int = 100, feature_dim: int = 32, steps: int = 500,
+                      classifier_seed: int = 0) -> Callable[[EvalContext], dict[str, float] | None]:
+    """The `class_samples` metric: `metric(context)` gives the figures of `class_sample_metrics`."""
+    if samples_per_class < 0 or feature_dim < 1 or steps < 1:
+        raise cvae.CVAEError(f"metric 'class_samples': need samples_per_class >= 0, feature_dim >= 1, steps >= 1; "
+                             f"got {samples_per_class}, {feature_dim}, {steps}")
+
+    def metric(context: EvalContext) -> dict[str, float] | None:
+        return class_sample_metrics(context, samples_per_class=samples_per_class, feature_dim=feature_dim,
+                                    steps=steps, classifier_seed=classifier_seed)
+
+    return metric

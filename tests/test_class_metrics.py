@@ -1,0 +1,173 @@
+"""Sample-quality metrics for labelled images: the classifier, sample accuracy, diversity and the
+class-wise Frechet distance in classifier features, checked with fake generators whose answers
+are known (real test images, noisy ones, wrong classes, a collapsed generator) and an untrained CVAE."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+import cvae
+import cvae_labels.metrics as metrics
+from cvae.evaluate import EvalContext
+from cvae_digits import load_digits_bundle
+from cvae_labels.metrics import class_sample_metrics, frechet_distance
+
+KEYS = {"classifier_test_accuracy", "sample_accuracy", "sample_diversity", "real_diversity", "diversity_ratio",
+        "frechet_classifier", "frechet_classifier_real_test", "frechet_ratio"}
+
+
+def untrained_cvae(data: cvae.DataBundle, onehot: bool = False) -> cvae.CVAE:
+    registry = cvae.get_registry()
+    options = {"encoding": "onehot"} if onehot else {}
+    label = registry.get("condition", "label").build(data.conditions["label"], options=options)
+    likelihood = registry.get("likelihood", "categorical").build(data.target)
+    encoder, decoder = registry.get("architecture", "mlp").build(
+        target=data.target, cond_features=label.out_features, latent_dim=4,
+        params_per_element=likelihood.params_per_element, options={"hidden": [32]})
+    prior = registry.get("prior", "learned").build(cond_features=label.out_features, latent_dim=4)
+    return cvae.CVAE(conditions={"label": label}, encoder=encoder, decoder=decoder, prior=prior,
+                     likelihood=likelihood, latent_dim=4, target=data.target, condition_info=data.conditions)
+
+
+@pytest.fixture(scope="module")
+def digits() -> cvae.DataBundle:
+    return load_digits_bundle()
+
+
+@pytest.fixture(scope="module")
+def context(digits, tmp_path_factory) -> EvalContext:
+    """An untrained digits CVAE in a run folder whose classifier is trained once, by the first test."""
+    torch.manual_seed(0)
+    return EvalContext(untrained_cvae(digits), digits, torch.device("cpu"), run_dir=tmp_path_factory.mktemp("run"))
+
+
+def real_test_images(data: cvae.DataBundle, shift: int = 0, noise: float = 0.0):
+    """A fake generator: the real test images of class c + shift, optionally with pixel noise."""
+    labels = data.test.conditions["label"]
+
+    def sample(c: int, n: int) -> torch.Tensor:
+        x = data.test.y[labels == (c + shift) % 10]
+        x = x[torch.arange(n) % len(x)]  # with samples_per_class=0, n is the test count of class c
+        if noise:
+            x = (x + noise * torch.randn(x.shape, generator=torch.Generator().manual_seed(c))).clamp(0, 1)
+        return x
+
+    return sample
+
+
+def test_classifier_is_accurate_and_cached(context):
+    first = class_sample_metrics(context)
+    assert set(first) == KEYS
+    assert first["classifier_test_accuracy"] >= 0.9
+    weights = context.run_dir / "classifier.pt"
+    assert weights.is_file() and (context.run_dir / "classifier.json").is_file()
+    assert set(torch.load(weights, weights_only=True)) >= {"mean", "std", "head.weight"}
+    stamp = weights.stat().st_mtime_ns
+    with pytest.MonkeyPatch.context() as mp:  # a second evaluation must not train again
+        mp.setattr(metrics, "_train_classifier", lambda *a, **k: pytest.fail("the cached classifier was not reused"))
+        second = class_sample_metrics(context)
+    assert second == first and weights.stat().st_mtime_ns == stamp
+
+
+def test_cache_is_retrained_for_another_config_or_a_corrupt_file(context, tmp_path, monkeypatch):
+    calls = []
+    train = metrics._train_classifier
+    monkeypatch.setattr(metrics, "_train_classifier", lambda *a: calls.append(a[2]["steps"]) or train(*a))
+    other = EvalContext(context.model, context.data, context.device, run_dir=tmp_path)
+    (tmp_path / "classifier.pt").write_bytes((context.run_dir / "classifier.pt").read_bytes())
+    (tmp_path / "classifier.json").write_text((context.run_dir / "classifier.json").read_text())
+    class_sample_metrics(other, steps=20, samples_per_class=0)
+    assert calls == [20]
+    (tmp_path / "classifier.pt").write_bytes(b"not a checkpoint")
+    with pytest.warns(UserWarning, match="cannot be read"):
+        class_sample_metrics(other, steps=20, samples_per_class=0)
+    assert calls == [20, 20]
+    class_sample_metrics(other, steps=20, samples_per_class=0)  # the rewritten cache is good again
+    assert calls == [20, 20]
+
+
+def test_untrained_model_is_near_chance(context):
+    before = torch.random.get_rng_state()
+    out = class_sample_metrics(context)
+    assert torch.equal(torch.random.get_rng_state(), before)  # evaluation leaves the caller's RNG alone
+    assert out["sample_accuracy"] < 0.5
+    assert out["frechet_ratio"] > 3 and out["frechet_classifier"] > out["frechet_classifier_real_test"]
+    assert out == class_sample_metrics(context)  # seeded: the same figures every time
+
+
+def test_perfect_generator_scores_one(context):
+    out = class_sample_metrics(context, sampler=real_test_images(context.data), samples_per_class=0)
+    assert out["sample_accuracy"] == pytest.approx(out["classifier_test_accuracy"])
+    assert out["diversity_ratio"] == pytest.approx(1.0, abs=1e-9)
+    assert out["frechet_ratio"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_nearly_perfect_generator_scores_near_one(context):
+    out = class_sample_metrics(context, sampler=real_test_images(context.data, noise=0.03), samples_per_class=0)
+    assert out["sample_accuracy"] > 0.9
+    assert out["diversity_ratio"] == pytest.approx(1.0, abs=0.05)
+    assert 0.8 < out["frechet_ratio"] < 1.3
+
+
+def test_wrong_classes_are_caught(context):
+    out = class_sample_metrics(context, sampler=real_test_images(context.data, shift=1), samples_per_class=0)
+    assert out["sample_accuracy"] < 0.1
+    assert out["frechet_ratio"] > 5
+    assert out["diversity_ratio"] == pytest.approx(1.0, rel=0.2)  # diverse, just the wrong digits
+
+
+def test_collapsed_generator_has_no_diversity(context):
+    labels = context.data.train.conditions["label"]
+
+    def class_mean(c: int, n: int) -> torch.Tensor:
+        return context.data.train.y[labels == c].mean(0, keepdim=True).expand(n, -1, -1, -1)
+
+    out = class_sample_metrics(context, sampler=class_mean)
+    assert out["sample_diversity"] == 0.0 and out["diversity_ratio"] == 0.0
+    assert out["sample_accuracy"] > 0.9  # recognisable, but every sample of a class the same
+    assert out["frechet_ratio"] > 1.5
+
+
+def test_samples_of_the_wrong_shape_are_an_error(context):
+    with pytest.raises(cvae.CVAEError, match="came back with shape"):
+        class_sample_metrics(context, sampler=lambda c, n: torch.zeros(n, 64))
+
+
+def test_does_not_apply_without_labelled_images(context):
+    data = context.data
+    flat = cvae.TargetInfo(shape=(64,), low=0.0, high=1.0, levels=17)
+    flat_data = cvae.DataBundle("flat", flat, data.conditions,
+                                cvae.TensorData(data.train.y.flatten(1), data.train.conditions),
+                                cvae.TensorData(data.test.y.flatten(1), data.test.conditions))
+    assert class_sample_metrics(EvalContext(context.model, flat_data, context.device)) is None
+    as_vector = {"label": cvae.ConditionInfo(encoder="vector", shape=(), num_classes=10)}
+    vector_data = cvae.DataBundle("v", data.target, as_vector, data.train, data.test)
+    assert class_sample_metrics(EvalContext(context.model, vector_data, context.device)) is None
+
+
+def test_registered_metric_runs_inside_evaluate(digits, tmp_path, fresh_plugins):
+    spec = fresh_plugins.get_registry().get("metric", "class_samples")
+    assert spec.plugin == "labels"
+    model = untrained_cvae(digits, onehot=True)
+    results = cvae.evaluate(model, digits, torch.device("cpu"), run_dir=tmp_path, iwae_samples=2)
+    assert KEYS <= set(results) and all(isinstance(results[k], float) for k in KEYS)
+    assert (tmp_path / "classifier.pt").is_file()
+
+
+def test_frechet_distance_matches_the_closed_form():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(400, 5)) @ rng.normal(size=(5, 5))
+    b = rng.normal(size=(300, 5)) @ rng.normal(size=(5, 5)) + 1.0
+    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    cross = scipy.linalg.sqrtm(s_a @ s_b).real
+    expected = np.sum((a.mean(0) - b.mean(0)) ** 2) + np.trace(s_a + s_b - 2 * cross)
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-8)
+    assert frechet_distance(b, a) == pytest.approx(expected, rel=1e-8)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-8)
+    # singular covariances (fewer rows than dimensions) stay real and finite
+    few = rng.normal(size=(3, 8))
+    assert np.isfinite(frechet_distance(few, few + 0.5))
+    assert frechet_distance(few, few + 0.5) == pytest.approx(8 * 0.25, rel=1e-6)
