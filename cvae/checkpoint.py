@@ -2,12 +2,14 @@
 
 A checkpoint is a `torch.save` of plain containers and tensors, loaded with `weights_only=True`, so a
 file from an untrusted source cannot run code. It holds the model, optimiser and schedule state, the
-RNG state, the position in training (epoch, batch within the epoch, step) and the resolved config.
+RNG state, the position in training (epoch, batch within the epoch, step, and the running loss sums of
+an unfinished epoch) and the resolved config.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import tempfile
 from pathlib import Path
@@ -72,9 +74,15 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         state = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} does not exist") from None
+    except pickle.UnpicklingError as exc:  # weights_only refused an object (torch's advice to turn it off is unsafe)
+        what = next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line), "")[:200]
+        if not what:
+            raise _unusable(path, exc) from None
+        raise CheckpointError(f"checkpoint {path} holds pickled objects other than tensors and plain containers "
+                              f"({what}); cvae does not unpickle them, because that can run arbitrary code"
+                              f"{_fallback(path)}") from None
     except Exception as exc:  # torch raises many types for bad files; all mean "unusable"
-        raise CheckpointError(f"checkpoint {path} is corrupt, truncated or not a cvae checkpoint "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}){_fallback(path)}") from None
+        raise _unusable(path, exc) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a cvae checkpoint (no '{FORMAT}' marker){_fallback(path)}")
     if state.get("version") != VERSION:
@@ -83,6 +91,12 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     if missing:
         raise CheckpointError(f"{path} lacks {sorted(missing)}{_fallback(path)}")
     return state
+
+
+def _unusable(path: Path, exc: Exception) -> CheckpointError:
+    first = next(iter(str(exc).splitlines()), "")[:200]  # an empty file gives an error without a message
+    return CheckpointError(f"checkpoint {path} is corrupt, truncated or not a cvae checkpoint "
+                           f"({type(exc).__name__}{': ' + first if first else ''}){_fallback(path)}")
 
 
 def _fallback(path: Path) -> str:

@@ -7,13 +7,14 @@ prints it and the README's table is checked against it by a test.
 from __future__ import annotations
 
 import copy
+import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, close_matches
+from .errors import ConfigError, UnknownComponentError, close_matches
 
 __all__ = ["Key", "SCHEMA", "default_config", "load_config", "merge", "apply_overrides", "validate", "describe_keys"]
 
@@ -165,9 +166,18 @@ def apply_overrides(cfg: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
     """Apply `key=value` strings in place."""
     for item in overrides:
         name, sep, text = item.partition("=")
-        if not sep or not name.strip():
+        name = name.strip()
+        if not sep or not name:
             raise ConfigError(f"override {item!r} is not of the form key=value (for example train.epochs=10)")
-        merge(cfg, _nest(name.strip(), parse_value(text.strip())))
+        value = parse_value(text.strip())
+        try:
+            _, rest = _key_for(name)
+        except ConfigError:
+            rest = []  # not a key: merge() below says so, or spreads an inline table over known keys
+        if rest:  # one entry inside an option table: set it and keep the table's other entries
+            _set(cfg, name.split("."), value)
+        else:
+            merge(cfg, _nest(name, value))
     return cfg
 
 
@@ -204,8 +214,11 @@ def validate(cfg: Mapping[str, Any], registry: Any = None) -> None:
                 from .plugins import get_registry
 
                 registry = get_registry()
-            registry.get(key.component, value)
-    if not str(cfg["device"]).startswith(("auto", "cpu", "cuda", "mps")):
+            try:
+                registry.get(key.component, value)
+            except UnknownComponentError as exc:
+                raise UnknownComponentError(f"{key.name}: {exc}") from None
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", cfg["device"]):
         raise ConfigError(f"device = {cfg['device']!r}: allowed are 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'")
     for name, entry in cfg["conditions"].items():
         if not isinstance(entry, dict) or set(entry) - {"encoder", "options"}:

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from . import config as config_mod
 from .build import build_model, load_data, resolve_device
-from .checkpoint import atomic_write, latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import atomic_write, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from .data import TensorData, iterate_batches
 from .errors import ConfigError, CVAEError
 from .evaluate import active_units, evaluate, held_out_stats
@@ -69,6 +69,9 @@ class Trainer:
         self.schedule = get_registry().get("schedule", tc["schedule"]).build(
             options=tc["schedule_options"], where="train.schedule_options", beta=tc["beta"])
         self.epoch = self.batch = self.step = 0
+        # running sums of loss, rec and kl over the unfinished epoch, its example count and last beta: saved
+        # with a mid-epoch checkpoint so that a resumed epoch's metrics row covers the whole epoch
+        self.epoch_sums, self.epoch_count, self.epoch_beta = torch.zeros(3, dtype=torch.float64), 0, 0.0
         if state is not None:
             self._restore(state)
         else:
@@ -93,6 +96,9 @@ class Trainer:
             "epoch": self.epoch,
             "batch": self.batch,
             "step": self.step,
+            "epoch_sums": self.epoch_sums.clone(),
+            "epoch_count": self.epoch_count,
+            "epoch_beta": self.epoch_beta,
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -103,6 +109,9 @@ class Trainer:
         if "cuda" in state["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
         self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
+        if "epoch_sums" in state:
+            self.epoch_sums = state["epoch_sums"].double().cpu()
+            self.epoch_count, self.epoch_beta = state["epoch_count"], state["epoch_beta"]
         # rows of epochs after the checkpoint were never confirmed by one: drop them, they are redone
         rows = _read_metrics(self.run_dir / "metrics.jsonl")
         kept = "".join(json.dumps(r) + "\n" for r in rows if r["epoch"] <= self.epoch)
@@ -110,6 +119,18 @@ class Trainer:
 
     def save(self) -> Path:
         return save_checkpoint(self.ckpt_dir, self.state_dict(), keep=self.config["train"]["keep_checkpoints"])
+
+    def _save_last_good(self) -> str:
+        """After a non-finite loss, keep the last good state and say where it is: the current state if it
+        is finite (the failing step was never applied), else the newest checkpoint, written before it."""
+        tensors = [*self.model.state_dict().values(),
+                   *(v for s in self.optimizer.state.values() for v in s.values() if torch.is_tensor(v))]
+        if all(torch.isfinite(t).all() for t in tensors if t.is_floating_point()):
+            return f"the last good state is saved in {self.save()}"
+        saved = list_checkpoints(self.ckpt_dir)
+        if saved:
+            return f"the parameters are no longer finite; the last good state is {saved[-1]}"
+        return "the parameters are no longer finite, and no checkpoint was written before they broke"
 
     # -- training ----------------------------------------------------------------------------------
 
@@ -128,8 +149,8 @@ class Trainer:
                 call_hook("cvae_epoch_end", trainer=self, epoch=metrics["epoch"], metrics=metrics)
                 if self.epoch % tc["checkpoint_every"] == 0 or self.epoch == tc["epochs"]:
                     self.save()
-        except (KeyboardInterrupt, NonFiniteLossError) as exc:
-            self.save()  # parameters are still the last good ones: the bad step was never applied
+        except KeyboardInterrupt as exc:
+            self.save()  # between two steps: the position is exact
             call_hook("cvae_fit_error", trainer=self, error=exc)
             raise
         except Exception as exc:
@@ -147,8 +168,9 @@ class Trainer:
                                   start=self.batch, device=self.device)
         bar = tqdm(batches, total=n_batches, initial=self.batch, desc=f"epoch {self.epoch + 1}/{tc['epochs']}",
                    disable=not tc["progress"], leave=False, dynamic_ncols=True)
-        totals = torch.zeros(3, dtype=torch.float64)
-        count, beta, start = 0, 0.0, time.perf_counter()
+        if self.batch == 0:
+            self.epoch_sums, self.epoch_count, self.epoch_beta = torch.zeros(3, dtype=torch.float64), 0, 0.0
+        seen, start = 0, time.perf_counter()
         self.model.train()
         for conds, y in bar:
             beta = self.schedule.beta(self.step)
@@ -159,16 +181,18 @@ class Trainer:
                 raise NonFiniteLossError(
                     f"step {self.step} (epoch {self.epoch + 1}, batch {self.batch}): the {' and '.join(bad)} term is "
                     f"not finite ({', '.join(f'{n}={v:g}' for n, v in zip(('loss', 'rec', 'kl'), values.tolist()))}); "
-                    f"the last good state is saved in {self.ckpt_dir}. Try a lower train.lr, a smaller "
-                    f"train.grad_clip or a likelihood with bounded scale")
+                    f"{self._save_last_good()}. Try a lower train.lr, a smaller train.grad_clip or a likelihood "
+                    f"with bounded scale")
             self.optimizer.zero_grad(set_to_none=True)
             terms.loss.backward()
             if tc["grad_clip"] > 0:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc["grad_clip"])
             self.optimizer.step()
             self.schedule.observe(values[2].item())
-            totals += values * len(y)
-            count += len(y)
+            self.epoch_sums += values * len(y)
+            self.epoch_count += len(y)
+            self.epoch_beta = beta
+            seen += len(y)
             self.step += 1
             self.batch += 1
             call_hook("cvae_step_end", trainer=self, step=self.step, losses={"loss": terms.loss.detach(),
@@ -178,11 +202,11 @@ class Trainer:
         bar.close()
         seconds = time.perf_counter() - start
         test = held_out_stats(self.model, self.data.test, self.device, self.config["eval"]["batch_size"])
-        mean = (totals / max(count, 1)).tolist()
-        return {"epoch": self.epoch + 1, "step": self.step, "loss": mean[0], "rec": mean[1], "kl": mean[2], "beta": beta,
+        mean = (self.epoch_sums / max(self.epoch_count, 1)).tolist()
+        return {"epoch": self.epoch + 1, "step": self.step, "loss": mean[0], "rec": mean[1], "kl": mean[2], "beta": self.epoch_beta,
                 "test_elbo": test["test_elbo"], "test_rec": test["test_rec"], "test_kl": test["test_kl"],
                 "active_units": test["active_units"], "seconds": seconds,
-                "examples_per_s": count / seconds if seconds > 0 else None}
+                "examples_per_s": seen / seconds if seconds > 0 else None}
 
     def finish(self) -> dict[str, Any]:
         """Pictures and, if configured, the evaluation summary (eval.json)."""
