@@ -78,6 +78,11 @@ class Likelihood(nn.Module):
         t = self.target
         return ((y - t.low) / (t.high - t.low) * (levels - 1)).round().clamp(0, levels - 1).long()
 
+    def _from_unit(self, x: torch.Tensor) -> torch.Tensor:
+        """Map [-1, 1] (the discretized likelihoods' scale) onto the target range, rounding included."""
+        t = self.target
+        return (t.low + (x.clamp(-1, 1) + 1) / 2 * (t.high - t.low)).clamp(t.low, t.high)
+
     def _from_index(self, idx: torch.Tensor, levels: int) -> torch.Tensor:
         t = self.target
         return t.low + idx.to(torch.get_default_dtype()) * (t.high - t.low) / (levels - 1)
@@ -223,8 +228,7 @@ class DiscretizedLogistic(Likelihood):
         return self._from_index(_sample_logistic_bin(mu, log_scale, self.levels), self.levels)
 
     def mean(self, params: torch.Tensor) -> torch.Tensor:
-        t = self.target
-        return t.low + (params[:, 0].clamp(-1, 1) + 1) / 2 * (t.high - t.low)
+        return self._from_unit(params[:, 0])
 
 
 class DiscretizedLogisticMixture(Likelihood):
@@ -261,6 +265,4 @@ class DiscretizedLogisticMixture(Likelihood):
 
     def mean(self, params: torch.Tensor) -> torch.Tensor:
         log_w, mu, _ = self._split(params)
-        x = (log_w.exp() * mu.clamp(-1, 1)).sum(1)
-        t = self.target
-        return t.low + (x + 1) / 2 * (t.high - t.low)
+        return self._from_unit((log_w.exp() * mu.clamp(-1, 1)).sum(1))

@@ -167,7 +167,7 @@ class Trainer:
         batches = iterate_batches(self.train_split, bs, shuffle=True, generator=_epoch_generator(self.config["seed"], self.epoch),
                                   start=self.batch, device=self.device)
         bar = tqdm(batches, total=n_batches, initial=self.batch, desc=f"epoch {self.epoch + 1}/{tc['epochs']}",
-                   disable=not tc["progress"], leave=False, dynamic_ncols=True)
+                   disable=None if tc["progress"] else True, leave=False, dynamic_ncols=True)
         if self.batch == 0:
             self.epoch_sums, self.epoch_count, self.epoch_beta = torch.zeros(3, dtype=torch.float64), 0, 0.0
         seen, start = 0, time.perf_counter()

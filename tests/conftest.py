@@ -9,7 +9,7 @@ import cvae.plugins
 
 PLUGIN_ENV = ("CVAE_PLUGINS", "CVAE_DISABLE_PLUGINS", "CVAE_STRICT_PLUGINS", "CVAE_LOAD_THIRD_PARTY")
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # small models: one thread is fastest and immune to a busy second core
 
 
 @pytest.fixture(autouse=True)
