@@ -121,8 +121,7 @@ def _train(args: argparse.Namespace) -> int:
 def _sample(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
-    from torchvision.utils import save_image
-
+    from .pictures import save_grid
     from .runs import load_run
 
     suffix = args.out.suffix.lower()
@@ -151,7 +150,7 @@ def _sample(args: argparse.Namespace) -> int:
     if suffix == ".png":
         if not model.target.is_image:
             raise CVAEError("these targets are not images: write them with --out FILE.npz")
-        save_image(samples, args.out, nrow=nrow, padding=1, pad_value=0.5)
+        save_grid(samples, args.out, nrow=nrow)
     else:
         np.savez(args.out, samples=samples.numpy(), **{k: v.cpu().numpy() for k, v in conditions.items()})
     print(f"wrote {len(samples)} samples to {args.out}")

@@ -10,7 +10,18 @@ from torchvision.utils import save_image
 from .data import DataBundle, iterate_batches
 from .model import CVAE
 
-__all__ = ["class_condition", "grid_conditions", "save_sample_grid", "save_reconstructions"]
+__all__ = ["class_condition", "grid_conditions", "save_grid", "save_sample_grid", "save_reconstructions"]
+
+MIN_TILE = 32  # pixels: smaller images are enlarged (nearest neighbour) so a grid is readable
+
+
+def save_grid(images: torch.Tensor, path: Path, nrow: int) -> Path:
+    """Save images in [0, 1], shape (N, C, H, W), as one PNG grid; tiny images are enlarged."""
+    scale = max(1, MIN_TILE // max(images.shape[-2:]))
+    if scale > 1:
+        images = images.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
+    save_image(images, path, nrow=nrow, padding=scale, pad_value=0.5)
+    return path
 
 
 def class_condition(model: CVAE) -> str | None:
@@ -54,8 +65,7 @@ def save_sample_grid(model: CVAE, data: DataBundle, path: Path, per_row: int = 1
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         images = model.sample(conds, n=per_row * per_row, mode=mode)
-    save_image(_to_unit(model, images), path, nrow=per_row, padding=1, pad_value=0.5)
-    return path
+    return save_grid(_to_unit(model, images), path, nrow=per_row)
 
 
 @torch.no_grad()
@@ -66,5 +76,4 @@ def save_reconstructions(model: CVAE, data: DataBundle, path: Path, n: int = 10,
     device = next(model.parameters()).device
     conds, y = next(iterate_batches(data.test, n, device=device))
     rec = model.reconstruct(conds, y, mode=mode)
-    save_image(_to_unit(model, torch.cat([y, rec])), path, nrow=len(y), padding=1, pad_value=0.5)
-    return path
+    return save_grid(_to_unit(model, torch.cat([y, rec])), path, nrow=len(y))
