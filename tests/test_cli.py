@@ -173,7 +173,7 @@ def test_sample_png_is_a_class_grid(tiny, tiny_run, capsys, tmp_path):
     assert code == 0, stderr
     assert f"wrote 12 samples to {path}" in stdout  # 3 classes x 4
     with Image.open(path) as image:
-        assert image.format == "PNG" and image.size == (4 * 5 + 1, 3 * 5 + 1)
+        assert image.format == "PNG" and image.size == (4 * 40 + 8, 3 * 40 + 8)  # 4x4 tiles enlarged 8x to 32 px, 8 px padding
 
 
 def test_sample_npz_holds_samples_and_labels(tiny, tiny_run, capsys, tmp_path):

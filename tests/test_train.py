@@ -75,7 +75,7 @@ def test_a_run_writes_metrics_checkpoints_config_eval_and_pictures(tiny_config, 
     assert results["iwae_samples"] == 4 and len(results["kl_per_dim"]) == 4
 
     samples, recs = png(out / "samples.png"), png(out / "reconstructions.png")
-    assert samples.shape == (3 * 5 + 1, 10 * 5 + 1, 3)  # one row of 10 per class, 4x4 images with 1-pixel padding
+    assert samples.shape == (3 * 40 + 8, 10 * 40 + 8, 3)  # a row of 10 per class, 4x4 images enlarged to 32 px
     assert recs.shape == (2 * 5 + 1, 10 * 5 + 1, 3)  # originals above reconstructions
     assert samples.float().std() > 0
 
