@@ -76,7 +76,7 @@ def test_a_run_writes_metrics_checkpoints_config_eval_and_pictures(tiny_config, 
 
     samples, recs = png(out / "samples.png"), png(out / "reconstructions.png")
     assert samples.shape == (3 * 40 + 8, 10 * 40 + 8, 3)  # a row of 10 per class, 4x4 images enlarged to 32 px
-    assert recs.shape == (2 * 5 + 1, 10 * 5 + 1, 3)  # originals above reconstructions
+    assert recs.shape == (2 * 40 + 8, 10 * 40 + 8, 3)  # originals above reconstructions
     assert samples.float().std() > 0
 
 
