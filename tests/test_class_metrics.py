@@ -4,6 +4,8 @@ are known (real test images, noisy ones, wrong classes, a collapsed generator) a
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -37,6 +39,10 @@ def digits() -> cvae.DataBundle:
     return load_digits_bundle()
 
 
+# The default judge (1500 steps, width 64) is for real evaluations; these tests need a quicker one.
+fast_metrics = functools.partial(class_sample_metrics, steps=300, width=32)
+
+
 @pytest.fixture(scope="module")
 def context(digits, tmp_path_factory) -> EvalContext:
     """An untrained digits CVAE in a run folder whose classifier is trained once, by the first test."""
@@ -59,7 +65,7 @@ def real_test_images(data: cvae.DataBundle, shift: int = 0, noise: float = 0.0):
 
 
 def test_classifier_is_accurate_and_cached(context):
-    first = class_sample_metrics(context)
+    first = fast_metrics(context)
     assert set(first) == KEYS
     assert first["classifier_test_accuracy"] >= 0.9
     weights = context.run_dir / "classifier.pt"
@@ -68,7 +74,7 @@ def test_classifier_is_accurate_and_cached(context):
     stamp = weights.stat().st_mtime_ns
     with pytest.MonkeyPatch.context() as mp:  # a second evaluation must not train again
         mp.setattr(metrics, "_train_classifier", lambda *a, **k: pytest.fail("the cached classifier was not reused"))
-        second = class_sample_metrics(context)
+        second = fast_metrics(context)
     assert second == first and weights.stat().st_mtime_ns == stamp
 
 
@@ -79,41 +85,41 @@ def test_cache_is_retrained_for_another_config_or_a_corrupt_file(context, tmp_pa
     other = EvalContext(context.model, context.data, context.device, run_dir=tmp_path)
     (tmp_path / "classifier.pt").write_bytes((context.run_dir / "classifier.pt").read_bytes())
     (tmp_path / "classifier.json").write_text((context.run_dir / "classifier.json").read_text())
-    class_sample_metrics(other, steps=20, samples_per_class=0)
+    fast_metrics(other, steps=20, samples_per_class=0)
     assert calls == [20]
     (tmp_path / "classifier.pt").write_bytes(b"not a checkpoint")
     with pytest.warns(UserWarning, match="cannot be read"):
-        class_sample_metrics(other, steps=20, samples_per_class=0)
+        fast_metrics(other, steps=20, samples_per_class=0)
     assert calls == [20, 20]
-    class_sample_metrics(other, steps=20, samples_per_class=0)  # the rewritten cache is good again
+    fast_metrics(other, steps=20, samples_per_class=0)  # the rewritten cache is good again
     assert calls == [20, 20]
 
 
 def test_untrained_model_is_near_chance(context):
     before = torch.random.get_rng_state()
-    out = class_sample_metrics(context)
+    out = fast_metrics(context)
     assert torch.equal(torch.random.get_rng_state(), before)  # evaluation leaves the caller's RNG alone
     assert out["sample_accuracy"] < 0.5
     assert out["frechet_ratio"] > 3 and out["frechet_classifier"] > out["frechet_classifier_real_test"]
-    assert out == class_sample_metrics(context)  # seeded: the same figures every time
+    assert out == fast_metrics(context)  # seeded: the same figures every time
 
 
 def test_perfect_generator_scores_one(context):
-    out = class_sample_metrics(context, sampler=real_test_images(context.data), samples_per_class=0)
+    out = fast_metrics(context, sampler=real_test_images(context.data), samples_per_class=0)
     assert out["sample_accuracy"] == pytest.approx(out["classifier_test_accuracy"])
     assert out["diversity_ratio"] == pytest.approx(1.0, abs=1e-9)
     assert out["frechet_ratio"] == pytest.approx(1.0, abs=1e-6)
 
 
 def test_nearly_perfect_generator_scores_near_one(context):
-    out = class_sample_metrics(context, sampler=real_test_images(context.data, noise=0.03), samples_per_class=0)
+    out = fast_metrics(context, sampler=real_test_images(context.data, noise=0.03), samples_per_class=0)
     assert out["sample_accuracy"] > 0.9
     assert out["diversity_ratio"] == pytest.approx(1.0, abs=0.05)
     assert 0.8 < out["frechet_ratio"] < 1.3
 
 
 def test_wrong_classes_are_caught(context):
-    out = class_sample_metrics(context, sampler=real_test_images(context.data, shift=1), samples_per_class=0)
+    out = fast_metrics(context, sampler=real_test_images(context.data, shift=1), samples_per_class=0)
     assert out["sample_accuracy"] < 0.1
     assert out["frechet_ratio"] > 5
     assert out["diversity_ratio"] == pytest.approx(1.0, rel=0.2)  # diverse, just the wrong digits
@@ -125,7 +131,7 @@ def test_collapsed_generator_has_no_diversity(context):
     def class_mean(c: int, n: int) -> torch.Tensor:
         return context.data.train.y[labels == c].mean(0, keepdim=True).expand(n, -1, -1, -1)
 
-    out = class_sample_metrics(context, sampler=class_mean)
+    out = fast_metrics(context, sampler=class_mean)
     assert out["sample_diversity"] == 0.0 and out["diversity_ratio"] == 0.0
     assert out["sample_accuracy"] > 0.9  # recognisable, but every sample of a class the same
     assert out["frechet_ratio"] > 1.5
@@ -133,7 +139,7 @@ def test_collapsed_generator_has_no_diversity(context):
 
 def test_samples_of_the_wrong_shape_are_an_error(context):
     with pytest.raises(cvae.CVAEError, match="came back with shape"):
-        class_sample_metrics(context, sampler=lambda c, n: torch.zeros(n, 64))
+        fast_metrics(context, sampler=lambda c, n: torch.zeros(n, 64))
 
 
 def test_does_not_apply_without_labelled_images(context):
@@ -142,10 +148,10 @@ def test_does_not_apply_without_labelled_images(context):
     flat_data = cvae.DataBundle("flat", flat, data.conditions,
                                 cvae.TensorData(data.train.y.flatten(1), data.train.conditions),
                                 cvae.TensorData(data.test.y.flatten(1), data.test.conditions))
-    assert class_sample_metrics(EvalContext(context.model, flat_data, context.device)) is None
+    assert fast_metrics(EvalContext(context.model, flat_data, context.device)) is None
     as_vector = {"label": cvae.ConditionInfo(encoder="vector", shape=(), num_classes=10)}
     vector_data = cvae.DataBundle("v", data.target, as_vector, data.train, data.test)
-    assert class_sample_metrics(EvalContext(context.model, vector_data, context.device)) is None
+    assert fast_metrics(EvalContext(context.model, vector_data, context.device)) is None
 
 
 def test_registered_metric_runs_inside_evaluate(digits, tmp_path, fresh_plugins):
