@@ -26,6 +26,7 @@ def cvae_priors() -> list[PriorSpec]:
     return [
         PriorSpec("standard", priors.StandardNormalPrior, "fixed N(0, I)"),
         PriorSpec("learned", priors.LearnedGaussianPrior, "Gaussian p(z | x) from an MLP over the condition features"),
+        PriorSpec("mixture", priors.MixturePrior, "mixture of Gaussians p(z | x) (option components); KL by sampling"),
     ]
 
 

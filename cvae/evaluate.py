@@ -50,7 +50,7 @@ def held_out_stats(model: CVAE, split: Dataset, device: torch.device, batch_size
     was_training = model.training
     model.eval()
     sums = {"elbo": 0.0, "rec": 0.0, "kl": 0.0, "iwae": 0.0}
-    kl_dims = torch.zeros(model.latent_dim, device=device)
+    kl_dims = 0.0  # per latent dimension, or one column for a prior whose KL does not factorise
     means, n = [], 0
     for conds, y in iterate_batches(split, batch_size, device=device):
         h = model.features(conds, len(y))
@@ -71,7 +71,7 @@ def held_out_stats(model: CVAE, split: Dataset, device: torch.device, batch_size
         "test_elbo": (sums["rec"] - sums["kl"]) / n,
         "test_rec": sums["rec"] / n,
         "test_kl": sums["kl"] / n,
-        "kl_per_dim": (kl_dims / n).tolist(),
+        "kl_per_dim": (kl_dims / n).tolist() if torch.is_tensor(kl_dims) else [],
         "active_units": active_units(torch.cat(means)),
         "latent_dim": model.latent_dim,
     }

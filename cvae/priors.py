@@ -1,5 +1,5 @@
-"""Priors p(z | x): the fixed standard normal, and a Gaussian whose mean and scale a network
-computes from the condition features (Sohn et al. 2015)."""
+"""Priors p(z | x): the fixed standard normal, a Gaussian whose mean and scale a network computes from
+the condition features (Sohn et al. 2015), and a mixture of such Gaussians."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import CVAEError
 from .nets import mlp
 
-__all__ = ["Prior", "StandardNormalPrior", "LearnedGaussianPrior", "gaussian_kl", "gaussian_log_prob"]
+__all__ = ["Prior", "StandardNormalPrior", "LearnedGaussianPrior", "MixturePrior", "gaussian_kl", "gaussian_log_prob"]
 
 
 def gaussian_kl(q_mu: torch.Tensor, q_logvar: torch.Tensor, p_mu: torch.Tensor, p_logvar: torch.Tensor) -> torch.Tensor:
@@ -37,7 +38,8 @@ class Prior(nn.Module):
         raise NotImplementedError
 
     def kl(self, q_mu: torch.Tensor, q_logvar: torch.Tensor, z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """KL(q(z | x, y) || p(z | x)) per latent dimension, (batch, latent_dim). `z` is the posterior
+        """KL(q(z | x, y) || p(z | x)) per latent dimension, (batch, latent_dim), or (batch, 1) for a prior
+        whose KL does not factorise (free bits then apply to the total). `z` is the posterior
         draw, for priors that can only estimate the KL by sampling; Gaussian priors ignore it."""
         return gaussian_kl(q_mu, q_logvar, *self.params(h))
 
@@ -83,3 +85,61 @@ class LearnedGaussianPrior(Prior):
             out = out + self.net(h)
         mu, logvar = out.chunk(2, dim=1)
         return mu, self.min_logvar + F.softplus(logvar - self.min_logvar)  # soft floor keeps gradients
+
+
+class MixturePrior(Prior):
+    """A mixture of `components` diagonal Gaussians whose weights, means and scales an MLP computes from
+    the condition features (unconditional parameters without conditions). It can fit an aggregate
+    posterior with several modes per condition, where one Gaussian leaves holes that decode to
+    implausible samples. Its KL has no closed form: it is estimated from the posterior draw `z` as
+    log q(z | x, y) - log p(z | x), and does not factorise over dimensions (one column is returned)."""
+
+    def __init__(self, *, cond_features: int, latent_dim: int, components: int = 10,
+                 hidden: list[int] | tuple[int, ...] = (128, 128), min_logvar: float = -8.0) -> None:
+        super().__init__(latent_dim)
+        if components < 1:
+            raise CVAEError(f"prior 'mixture': components must be >= 1, got {components}")
+        self.k = int(components)
+        size = self.k * (1 + 2 * latent_dim)
+        self.net = mlp(cond_features, list(hidden), size) if cond_features > 0 else None
+        # spread the components' initial means so they do not start identical
+        self.bias = nn.Parameter(torch.cat([torch.zeros(self.k), torch.randn(self.k * latent_dim),
+                                            torch.zeros(self.k * latent_dim)]))
+        self.min_logvar = float(min_logvar)
+
+    def components(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Log mixture weights (batch, k) and component means and log-variances (batch, k, latent_dim)."""
+        out = self.bias.expand(h.shape[0], -1)
+        if self.net is not None:
+            out = out + self.net(h)
+        logits, mu, logvar = out.split([self.k, self.k * self.latent_dim, self.k * self.latent_dim], dim=1)
+        shape = (h.shape[0], self.k, self.latent_dim)
+        logvar = self.min_logvar + F.softplus(logvar.reshape(shape) - self.min_logvar)
+        return F.log_softmax(logits, dim=1), mu.reshape(shape), logvar
+
+    def params(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mixture's overall mean and log-variance (moment matched)."""
+        log_w, mu, logvar = self.components(h)
+        w = log_w.exp().unsqueeze(-1)
+        mean = (w * mu).sum(1)
+        var = (w * (logvar.exp() + mu**2)).sum(1) - mean**2
+        return mean, var.clamp(min=1e-8).log()
+
+    def log_prob(self, z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        log_w, mu, logvar = self.components(h)
+        per = -0.5 * (logvar + (z.unsqueeze(1) - mu) ** 2 * torch.exp(-logvar) + math.log(2 * math.pi)).sum(-1)
+        return torch.logsumexp(log_w + per, dim=1)
+
+    def kl(self, q_mu: torch.Tensor, q_logvar: torch.Tensor, z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return (gaussian_log_prob(z, q_mu, q_logvar) - self.log_prob(z, h)).unsqueeze(1)
+
+    def sample(self, h: torch.Tensor) -> torch.Tensor:
+        log_w, mu, logvar = self.components(h)
+        pick = torch.distributions.Categorical(logits=log_w).sample()
+        rows = torch.arange(len(h), device=h.device)
+        return mu[rows, pick] + torch.exp(0.5 * logvar[rows, pick]) * torch.randn_like(mu[:, 0])
+
+    def mode(self, h: torch.Tensor) -> torch.Tensor:
+        """The mean of the most probable component."""
+        log_w, mu, _ = self.components(h)
+        return mu[torch.arange(len(h), device=h.device), log_w.argmax(1)]
