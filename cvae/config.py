@@ -75,6 +75,8 @@ SCHEMA: tuple[Key, ...] = (
         check=_non_negative, check_doc=">= 0"),
     Key("train.grad_clip", 100.0, "clip the gradient norm to this value (0 turns clipping off)", _NUM,
         check=_non_negative, check_doc=">= 0"),
+    Key("train.fast", True, "the fastest numerically safe settings for the device (fused Adam; on CPU, denormals "
+        "flushed to zero); false gives plain Adam and default float handling, as a hand-written loop", bool),
     Key("train.checkpoint_every", 1, "write a checkpoint every this many epochs (the last epoch always)", int,
         check=_positive, check_doc="> 0"),
     Key("train.keep_checkpoints", 2, "how many recent checkpoints to keep", int, check=_positive, check_doc="> 0"),

@@ -75,7 +75,7 @@ class CVAE(nn.Module):
                                 f"{('batch', *expected)}")
             parts.append(enc(value))
         if parts:
-            return torch.cat(parts, dim=1)
+            return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
         if batch is None:
             raise CVAEError("a model without conditions needs the number of examples (n) to sample")
         return torch.zeros(batch, 0, device=self._device())
@@ -112,7 +112,9 @@ class CVAE(nn.Module):
         kl_per_dim = self.prior.kl(mu, logvar, z, h).mean(0)
         kl = kl_per_dim.sum()
         kl_term = kl_per_dim.clamp(min=free_bits).sum() if free_bits > 0 else kl
-        return LossTerms(loss=beta * kl_term - rec, rec=rec, kl=kl, kl_per_dim=kl_per_dim)
+        # beta = 1 skips a multiplication (and its backward): the step is launch-bound on small models
+        loss = (kl_term if beta == 1 else beta * kl_term) - rec
+        return LossTerms(loss=loss, rec=rec, kl=kl, kl_per_dim=kl_per_dim)
 
     # -- evaluation --------------------------------------------------------------------------------
 
