@@ -1,0 +1,79 @@
+"""`python -m benchmarks [--quick|--tiny] ...`, `python -m benchmarks compare NEW [BASE]`,
+`python -m benchmarks list`, `python -m benchmarks table FILE [--markdown]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .compare import DEFAULT_FACTOR
+from .tiers import TIERS
+
+
+def _run_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks",
+                                description="Run every registered cvae benchmark and write benchmarks/results/<device>/<time>.json. "
+                                            "Other commands: compare NEW [BASE], list, table FILE.")
+    tier = p.add_mutually_exclusive_group()
+    for name, t in TIERS.items():
+        tier.add_argument(f"--{name}", dest="tier", action="store_const", const=name, help=t.description)
+    p.set_defaults(tier="full")
+    p.add_argument("--device", default="auto", help="auto (CPU, and CUDA when present), cpu or cuda")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: the one-thread figures)")
+    p.add_argument("--only", nargs="+", default=[], metavar="PATTERN", help="benchmark names to run (glob, e.g. 'train.*')")
+    p.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
+    p.add_argument("--no-save", action="store_true", help="print, do not write a result file")
+    p.add_argument("--warm-compile-cache", action="store_true",
+                   help="use torch's on-disk compile cache (default: a fresh one, so compile times are cold-start times)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["compare"]:
+        p = argparse.ArgumentParser(prog="python -m benchmarks compare",
+                                    description="Compare a result with a baseline (default: the previous result in the same folder). "
+                                                "Exit 0: no regression; 1: a regression or a failed correctness check; "
+                                                "2: not comparable (another device, torch version or thread count), nothing judged.")
+        p.add_argument("new")
+        p.add_argument("base", nargs="?")
+        p.add_argument("--factor", type=float, default=DEFAULT_FACTOR,
+                       help=f"a regression is worse than the baseline by more than this factor (default {DEFAULT_FACTOR})")
+        p.add_argument("--absolute", action="store_true",
+                       help="also judge absolute throughput and latency, not only speed-ups over the hand-written loop")
+        args = p.parse_args(argv[1:])
+        from .compare import main as compare_main
+
+        return compare_main(args.new, args.base, args.factor, args.absolute)
+    if argv[:1] == ["list"]:
+        from .suite import _register
+        import cvae
+
+        _register()
+        for spec in cvae.get_registry().specs("benchmark"):
+            print(f"{spec.name:<18} {spec.plugin:<12} {spec.description}")
+        return 0
+    if argv[:1] == ["table"]:
+        p = argparse.ArgumentParser(prog="python -m benchmarks table")
+        p.add_argument("file")
+        p.add_argument("--markdown", action="store_true")
+        args = p.parse_args(argv[1:])
+        from .compare import load
+        from .report import headline, result_table
+
+        result = load(args.file)
+        print(result_table(result["results"], markdown=args.markdown))
+        print()
+        print(headline(result))
+        return 0
+    args = _run_parser().parse_args(argv)
+    from .suite import RESULTS, passed, run_suite
+
+    results, _ = run_suite(args.tier, args.device, args.threads, args.only,
+                           None if args.no_save else (args.out or RESULTS),
+                           "warm" if args.warm_compile_cache else "fresh")
+    return 0 if all(passed(r) for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""Compare two result files: like with like only, and a regression is a speed-up (or, with
+`absolute`, a throughput or latency) worse than the baseline's by more than `factor`.
+
+Exit codes: 0 no regression; 1 a regression, or a failed correctness check in NEW;
+2 the files cannot be compared (another device, torch version, thread count or schema; no baseline;
+unreadable input), so nothing was judged."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from . import SCHEMA_VERSION
+
+__all__ = ["DEFAULT_FACTOR", "load", "default_base", "incomparable", "compare", "main"]
+
+DEFAULT_FACTOR = 1.25
+LIKE = (("device", "type"), ("device", "name"), ("torch",), ("threads",))
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    data = json.loads(Path(path).read_text())
+    if not isinstance(data, dict) or "schema_version" not in data or "results" not in data:
+        raise ValueError(f"{path} is not a benchmark result file")
+    return data
+
+
+def default_base(new: Path) -> Path | None:
+    """The newest other result in NEW's folder that is older than NEW (file names are UTC timestamps)."""
+    older = sorted(p for p in new.parent.glob("*.json") if p.name < new.name)
+    return older[-1] if older else None
+
+
+def _get(doc: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    for key in path:
+        doc = doc.get(key, {}) if isinstance(doc, Mapping) else {}
+    return doc if doc != {} else None
+
+
+def incomparable(new: Mapping[str, Any], base: Mapping[str, Any]) -> list[str]:
+    """Why the two results are not like with like (empty if they are)."""
+    reasons = []
+    if new["schema_version"] != base["schema_version"] or new["schema_version"] != SCHEMA_VERSION:
+        reasons.append(f"schema version {base['schema_version']} vs {new['schema_version']} (this code reads {SCHEMA_VERSION})")
+    for path in LIKE:
+        a, b = _get(base, path), _get(new, path)
+        if a != b:
+            reasons.append(f"{'.'.join(path)}: {a!r} vs {b!r}")
+    return reasons
+
+
+def _key(row: Mapping[str, Any]) -> tuple:
+    return row.get("benchmark"), row.get("batch"), row.get("variant"), row.get("metric")
+
+
+def compare(new: Mapping[str, Any], base: Mapping[str, Any], factor: float = DEFAULT_FACTOR,
+            absolute: bool = False) -> tuple[list[dict[str, Any]], list[str]]:
+    """Rows present in both, with their change; and the list of regressions (empty: none)."""
+    base_rows = {_key(r): r for r in base["results"]}
+    table, regressions = [], []
+    for r in new["results"]:
+        b = base_rows.get(_key(r))
+        if b is None:
+            continue
+        entry = {"key": _key(r), "base_ratio": b.get("ratio"), "new_ratio": r.get("ratio"),
+                 "base_value": b.get("value"), "new_value": r.get("value"), "unit": r.get("unit", ""), "flags": []}
+        if entry["base_ratio"] and entry["new_ratio"] is not None:
+            entry["ratio_change"] = entry["new_ratio"] / entry["base_ratio"]
+            if entry["ratio_change"] < 1 / factor:
+                entry["flags"].append("slower vs naive")
+        if entry["base_value"] and entry["new_value"]:
+            better = r.get("higher_is_better", True)
+            change = entry["new_value"] / entry["base_value"]
+            entry["value_change"] = change
+            if absolute and (change < 1 / factor if better else change > factor):
+                entry["flags"].append("slower")
+        if entry["flags"]:
+            bench, batch, variant, metric = entry["key"]
+            regressions.append(f"{bench} batch {batch} {variant} ({metric}): {', '.join(entry['flags'])}")
+        table.append(entry)
+    return table, regressions
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def main(new_path: str, base_path: str | None, factor: float = DEFAULT_FACTOR, absolute: bool = False) -> int:
+    new_file = Path(new_path)
+    try:
+        new = load(new_file)
+        base_file = Path(base_path) if base_path else default_base(new_file)
+        if base_file is None:
+            print(f"no baseline: {new_file.parent} holds no result older than {new_file.name}; nothing compared")
+            return 2
+        base = load(base_file)
+    except (OSError, ValueError) as exc:
+        print(f"cannot compare: {exc}")
+        return 2
+    reasons = incomparable(new, base)
+    if reasons:
+        print(f"not comparable ({base_file} -> {new_file}): " + "; ".join(reasons))
+        print("results are compared only on the same device, torch version and thread count; nothing compared")
+        return 2
+    table, regressions = compare(new, base, factor, absolute)
+    print(f"{base_file}  ->  {new_file}   (regression: worse by more than {factor}x"
+          f"{', speed-ups and absolute figures' if absolute else ', speed-ups over the hand-written loop'})")
+    header = f"{'benchmark':<16} {'batch':>5} {'variant':<14} {'vs naive':>17} {'change':>7} {'value':>25} {'change':>7}"
+    print(header)
+    print("-" * len(header))
+    for e in table:
+        bench, batch, variant, _ = e["key"]
+        ratios = f"{_fmt(e['base_ratio'], '.2f')} -> {_fmt(e['new_ratio'], '.2f')}"
+        values = f"{_fmt(e['base_value'], ',.0f')} -> {_fmt(e['new_value'], ',.0f')} {e['unit']}"
+        line = (f"{bench:<16} {str(batch):>5} {variant:<14} {ratios:>17} {_fmt(e.get('ratio_change'), '.2f'):>7} "
+                f"{values:>25} {_fmt(e.get('value_change'), '.2f'):>7}")
+        print(line + ("   <-- " + ", ".join(e["flags"]) if e["flags"] else ""))
+    failed = [f"{r['benchmark']} batch {r.get('batch')} {r.get('variant')}" for r in new["results"]
+              if not r.get("check", {}).get("ok", True)]
+    for f in failed:
+        print(f"correctness check failed in the new result: {f}")
+    for r in regressions:
+        print(f"REGRESSION: {r}")
+    if new.get("errors"):
+        print(f"the new result records {len(new['errors'])} benchmark error(s)")
+    return 1 if regressions or failed or new.get("errors") else 0
