@@ -14,6 +14,8 @@ from cvae import ConfigError, CVAEError, UnknownComponentError
 from cvae import config as config_mod
 from cvae.config import SCHEMA, apply_overrides, default_config, describe_keys, load_config, validate
 
+EPOCHS = next(k.default for k in config_mod.SCHEMA if k.name == "train.epochs")
+
 
 class AcceptingRegistry:
     """Accepts every component name and remembers what was asked, so defaults validate without plugins."""
@@ -39,7 +41,7 @@ def test_defaults_validate_and_name_their_components():
     cfg = default_config()
     validate(cfg, registry)
     assert sorted(registry.asked) == sorted((k.component, k.default) for k in SCHEMA if k.component)
-    assert cfg["train"]["epochs"] == 150 and cfg["model"]["architecture_options"] == {"hidden": [512, 256]}
+    assert cfg["train"]["epochs"] == EPOCHS and cfg["model"]["architecture_options"] == {"hidden": [512, 256]}
     cfg["model"]["architecture_options"]["hidden"].append(1)  # a copy: the schema's defaults are untouched
     assert default_config()["model"]["architecture_options"] == {"hidden": [512, 256]}
 
@@ -51,7 +53,7 @@ def test_describe_keys_lists_every_schema_key_with_its_default():
     for key, line in zip(SCHEMA, lines):
         assert line.split()[0] == key.name
         assert "(default: " in line
-    assert "train.epochs" in text and "(default: 150)" in text and '"discretized_logistic_mixture"' in text
+    assert "train.epochs" in text and f"(default: {EPOCHS})" in text and '"discretized_logistic_mixture"' in text
 
 
 # -- merging a TOML file and overrides --------------------------------------------------------------------------
@@ -206,4 +208,4 @@ def test_garbage_keys_are_rejected_with_a_cvae_error(key):
 
 def test_get_reads_dotted_keys():
     cfg = default_config()
-    assert config_mod.get(cfg, "train.epochs") == 150 and config_mod.get(cfg, "seed") == 0
+    assert config_mod.get(cfg, "train.epochs") == EPOCHS and config_mod.get(cfg, "seed") == 0
