@@ -81,8 +81,10 @@ def run_device(device: torch.device, tier: str, threads: int, only: Sequence[str
     _register()
     flags = {"tier": tier, "compile_cache": compile_cache, **_settings(device, threads)}
     env = environment(device)
-    specs = [s for s in cvae.get_registry().specs("benchmark")
-             if not only or any(fnmatch.fnmatch(s.name, pat) for pat in only)]
+    order = {"train": 0, "sample": 1, "latency": 2}
+    specs = sorted((s for s in cvae.get_registry().specs("benchmark")
+                    if not only or any(fnmatch.fnmatch(s.name, pat) for pat in only)),
+                   key=lambda s: (order.get(s.name.split(".")[0], 3), s.name))
     rows: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
     errors: list[dict[str, str]] = []
