@@ -35,7 +35,7 @@ class _Sampler(nn.Module):
         return hand_written_sample(self.model, c, self.latent_dim)
 
 
-def _setup(model: str, device: torch.device, batch: int, compile: bool, seed: int):
+def _setup(model: str, device: torch.device, batch: int, compile: bool, seed: int, to_host: bool):
     spec = MODELS[model]
     config = config_mod.load_config(None, [*spec.overrides, f'device="{device}"', f"seed={seed}"])
     torch.manual_seed(seed)
@@ -58,9 +58,19 @@ def _setup(model: str, device: torch.device, batch: int, compile: bool, seed: in
         "toolkit": lambda: toolkit.sample({name: c}),
         "bf16": bf16(lambda: sampler(c)),
     }
-    if compile:
-        compiled = torch.compile(sampler, mode="reduce-overhead" if device.type == "cuda" else None)
-        fns["compile_ro" if device.type == "cuda" else "compile"] = lambda: compiled(c)
+    if compile and device.type == "cuda":
+        compiled = torch.compile(sampler, mode="reduce-overhead")
+
+        def graphed() -> torch.Tensor:
+            torch.compiler.cudagraph_mark_step_begin()  # each call is a new step: earlier outputs may be overwritten
+            return compiled(c)
+
+        fns["compile_ro"] = graphed
+    elif compile:
+        compiled = torch.compile(sampler)
+        fns["compile"] = lambda: compiled(c)
+    if to_host:  # an action is only taken once it is back on the host: latency includes that copy
+        fns = {n: (lambda fn=fn: fn().cpu()) for n, fn in fns.items()}
     return fns
 
 
@@ -69,7 +79,7 @@ def _measure(kind: str, model: str, device: torch.device, batch: int, rounds: in
     torch._dynamo.reset()
     sync = synchronizer(device)
     with torch.no_grad():
-        fns = _setup(model, device, batch, compile, seed)
+        fns = _setup(model, device, batch, compile, seed, to_host=kind == "latency")
         checks: dict[str, dict[str, Any]] = {}
         ref = None
         for name, fn in fns.items():
@@ -77,7 +87,7 @@ def _measure(kind: str, model: str, device: torch.device, batch: int, rounds: in
             torch.manual_seed(seed)
             sync()
             start = time.perf_counter()
-            out = fn().float()
+            out = fn().float().clone()
             sync()
             first = time.perf_counter() - start
             if ref is None:
@@ -100,8 +110,6 @@ def _measure(kind: str, model: str, device: torch.device, batch: int, rounds: in
         def repeat(fn: Callable[[], torch.Tensor]) -> Callable[[int], None]:
             def run(_: int) -> None:
                 for _ in range(calls):
-                    if device.type == "cuda" and fn is fns.get("compile_ro"):
-                        torch.compiler.cudagraph_mark_step_begin()
                     fn()
             return run
 

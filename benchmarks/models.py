@@ -3,8 +3,9 @@
 Each model is built by the toolkit from a config (through the registry, like `cvae train`); the
 hand-written baseline reuses the same encoder and decoder networks (deep copies, so the weights start
 equal) but writes conditioning, reparameterisation, loss and loop by hand, the way the usual PyTorch
-VAE example does. Gradient clipping is off (`train.grad_clip = 0`) in every toolkit configuration so
-that both compute the same update, and the label condition is one-hot on both sides.
+VAE example does. Every toolkit setting that shapes the update is pinned to the hand-written loop's
+(Adam at lr 1e-3, no weight decay, no gradient clipping, beta 1, no free bits) so that both compute the
+same update, and the label condition is one-hot on both sides.
 """
 
 from __future__ import annotations
@@ -42,8 +43,11 @@ class BenchModel:
         return self.batches.get(tier, {}).get(device_type, ())
 
 
-_COMMON = ('model.prior="standard"', "train.grad_clip=0", "train.progress=false", "eval.at_end=false",
-           "train.epochs=1", "train.lr=0.001")
+# every setting that shapes the update is pinned to the hand-written loop's: Adam at lr 1e-3, no weight decay,
+# no clipping, beta 1 throughout, no free bits
+_COMMON = ('model.prior="standard"', "train.lr=0.001", "train.weight_decay=0", "train.grad_clip=0", "train.beta=1",
+           'train.schedule="constant"', "train.schedule_options={}", "train.free_bits=0", "train.progress=false",
+           "eval.at_end=false", "train.epochs=1")
 
 MODELS: dict[str, BenchModel] = {
     "policy": BenchModel(

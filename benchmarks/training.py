@@ -39,7 +39,7 @@ __all__ = ["Variant", "variants_for", "train_benchmark", "SAFE_TOL", "BF16_TOL",
 
 trainer_module = importlib.import_module("cvae.train")  # `cvae.train` the attribute is the train() function
 
-SAFE_TOL = 1e-3  # relative difference of the loss after k steps allowed for fp32 variants
+SAFE_TOL = 1e-4  # relative difference of the loss after k steps allowed for fp32 variants (rounding: about 1e-7)
 BF16_TOL = 5e-2  # ... and for bf16 autocast (a different precision, so a looser, stated bound)
 COMPILE_LEVERS = frozenset({"compile", "compile_ro"})
 

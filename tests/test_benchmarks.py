@@ -66,7 +66,7 @@ def test_every_variant_passed_its_correctness_check(tiny_result):
     variants = {r["variant"] for r in train}
     assert {"naive", "model_plain", "toolkit_plain", "toolkit", "fused", "bf16"} <= variants
     # the toolkit computes the same update as the hand-written loop: its loss matches to fp32 rounding
-    assert all(r["check"]["rel_diff"] < 1e-5 for r in train if r["path"] != "hand_written" or r["levers"] == ["fused"])
+    assert all(r["check"]["rel_diff"] < 2e-6 for r in train if r["path"] != "hand_written" or r["levers"] == ["fused"])
     naive = [r for r in train if r["variant"] == "naive"]
     assert all(r["ratio"] == 1.0 and r["check"]["rel_diff"] == 0.0 for r in naive)
     kinds = {r["kind"] for r in rows}
