@@ -67,6 +67,9 @@ class StandardNormalPrior(Prior):
     def kl(self, q_mu: torch.Tensor, q_logvar: torch.Tensor, z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         return 0.5 * (q_logvar.exp() + q_mu**2 - 1.0 - q_logvar)
 
+    def sample(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.randn(h.shape[0], self.latent_dim, device=h.device, dtype=h.dtype)  # policy latency: one op
+
 
 class LearnedGaussianPrior(Prior):
     """N(mu(x), sigma(x)^2) from an MLP over the condition features. With no condition it learns a
