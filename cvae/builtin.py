@@ -3,7 +3,7 @@ hooks (and the same entry-point group) as any third-party plugin."""
 
 from __future__ import annotations
 
-from . import likelihoods, nets, priors, schedules
+from . import convnets, likelihoods, nets, priors, schedules
 from .plugins import hookimpl
 from .registry import ArchitectureSpec, LikelihoodSpec, PriorSpec, ScheduleSpec
 
@@ -32,7 +32,8 @@ def cvae_priors() -> list[PriorSpec]:
 
 @hookimpl
 def cvae_architectures() -> list[ArchitectureSpec]:
-    return [ArchitectureSpec("mlp", nets.build_mlp, "fully connected encoder and decoder for targets of any shape")]
+    return [ArchitectureSpec("mlp", nets.build_mlp, "fully connected encoder and decoder for targets of any shape"),
+            ArchitectureSpec("conv", convnets.build_conv, "convolutional encoder and decoder for images of any size")]
 
 
 @hookimpl
