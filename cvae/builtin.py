@@ -42,4 +42,5 @@ def cvae_schedules() -> list[ScheduleSpec]:
         ScheduleSpec("constant", schedules.Constant, "beta throughout"),
         ScheduleSpec("linear", schedules.LinearWarmup, "beta rises linearly over warmup_steps"),
         ScheduleSpec("cyclical", schedules.Cyclical, "repeated linear warm-ups every cycle_steps"),
+        ScheduleSpec("kl_target", schedules.KLTarget, "PI controller on beta that holds the KL at target_kl nats"),
     ]

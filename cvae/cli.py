@@ -1,4 +1,4 @@
-"""The `cvae` command line: train, sample, eval, plugins."""
+"""The `cvae` command line: train, sample, eval, doctor, plugins."""
 
 from __future__ import annotations
 
@@ -48,6 +48,12 @@ def _parser() -> tuple[argparse.ArgumentParser, Any]:
     p.add_argument("--iwae-samples", type=int, default=None, help="importance samples (default: the run's eval.iwae_samples)")
     p.add_argument("--device", default="auto")
 
+    p = sub.add_parser("doctor", help="diagnose the KL of a trained run: healthy, posterior collapse, KL too high or "
+                       "undertrained, with advice")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--device", default="auto")
+
     p = sub.add_parser("plugins", help="list plugins, their hooks and components, and failures")
     p.add_argument("--json", action="store_true", help="print JSON")
     return parser, sub
@@ -67,7 +73,7 @@ def _plugin_commands() -> dict[str, object]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser, sub = _parser()
     commands = _plugin_commands()
-    handlers = {"train": _train, "sample": _sample, "eval": _eval, "plugins": _plugins}
+    handlers = {"train": _train, "sample": _sample, "eval": _eval, "doctor": _doctor, "plugins": _plugins}
     for name, command in commands.items():
         if name in handlers:
             print(f"cvae: warning: a plugin command {name!r} clashes with a built-in one and is ignored", file=sys.stderr)
@@ -208,6 +214,14 @@ def _format_eval(results: dict[str, Any]) -> str:
             value = f"{value:.4g}"
         lines.append(f"  {key:<28} {value}")
     return "\n".join(lines)
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from .diagnose import diagnose_run, format_report
+
+    diagnosis = diagnose_run(args.run_dir, args.device)
+    print(json.dumps(diagnosis.to_dict(), indent=2) if args.json else format_report(diagnosis))
+    return 0
 
 
 def _plugins(args: argparse.Namespace) -> int:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from .errors import CVAEError
 
-__all__ = ["Schedule", "Constant", "LinearWarmup", "Cyclical"]
+__all__ = ["Schedule", "Constant", "LinearWarmup", "Cyclical", "KLTarget"]
 
 
 class Schedule:
@@ -67,3 +68,61 @@ class Cyclical(Schedule):
     def beta(self, step: int) -> float:
         phase = (step % self.cycle_steps) / self.cycle_steps
         return self.target_beta * min(1.0, phase / self.ramp)
+
+
+class KLTarget(Schedule):
+    """A PI controller that moves beta during training to hold the KL at `target_kl` nats per example
+    (in the manner of ControlVAE, Shao et al. 2020, and GECO, Rezende & Viola 2018).
+
+    The config's `beta` is the starting value. After every step the controller smooths the batch KL
+    with an exponential moving average (weight `smoothing` on the newest batch), forms the relative
+    error e = (KL - target) / target, clipped to [-1, 1] so that one bad batch cannot move beta far,
+    and sets log beta = log beta_start + kp * e + ki * sum(e): a KL above the target raises beta, one
+    below lowers it. Working on log beta makes the gains independent of beta's scale; the integral
+    stops accumulating while beta sits at `beta_min` or `beta_max` (anti-windup). The state (the
+    smoothed KL, the integral and the current beta) travels in `state_dict`, so a resumed run
+    continues exactly."""
+
+    def __init__(self, *, beta: float, target_kl: float | None = None, kp: float = 0.5, ki: float = 0.01,
+                 smoothing: float = 0.05, beta_min: float = 1e-4, beta_max: float = 1e3) -> None:
+        super().__init__(beta=beta)
+        if target_kl is None:
+            raise CVAEError("schedule 'kl_target' needs the option target_kl (nats per example), for example "
+                            "--set train.schedule_options.target_kl=10")
+        if not target_kl > 0:
+            raise CVAEError(f"schedule 'kl_target': target_kl must be > 0 nats, got {target_kl}")
+        if not (kp >= 0 and ki >= 0 and 0 < smoothing <= 1):
+            raise CVAEError(f"schedule 'kl_target': needs kp >= 0, ki >= 0 and 0 < smoothing <= 1; "
+                            f"got kp={kp}, ki={ki}, smoothing={smoothing}")
+        if not 0 < beta_min < beta_max:
+            raise CVAEError(f"schedule 'kl_target': needs 0 < beta_min < beta_max, got {beta_min}, {beta_max}")
+        self.target_kl, self.kp, self.ki, self.smoothing = float(target_kl), float(kp), float(ki), float(smoothing)
+        self.log_min, self.log_max = math.log(beta_min), math.log(beta_max)
+        self.log_start = min(max(math.log(max(self.target_beta, beta_min)), self.log_min), self.log_max)
+        self.kl_ema: float | None = None
+        self.integral = 0.0
+        self.current = math.exp(self.log_start)
+
+    def beta(self, step: int) -> float:
+        return self.current
+
+    def observe(self, kl: float) -> None:
+        if not math.isfinite(kl):
+            return  # the trainer stops on a non-finite loss; do not let it poison the state first
+        a = self.smoothing
+        self.kl_ema = kl if self.kl_ema is None else (1 - a) * self.kl_ema + a * kl
+        error = min(1.0, max(-1.0, (self.kl_ema - self.target_kl) / self.target_kl))
+        integral = self.integral + self.ki * error
+        log_beta = self.log_start + self.kp * error + integral
+        if self.log_min <= log_beta <= self.log_max or (log_beta > self.log_max) != (error > 0):
+            self.integral = integral  # integrate unless that pushes further into a limit
+        log_beta = self.log_start + self.kp * error + self.integral
+        self.current = math.exp(min(max(log_beta, self.log_min), self.log_max))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"kl_ema": self.kl_ema, "integral": self.integral, "current": self.current}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.kl_ema = state.get("kl_ema")
+        self.integral = float(state.get("integral", 0.0))
+        self.current = float(state.get("current", math.exp(self.log_start)))
