@@ -83,7 +83,7 @@ class KLTarget(Schedule):
     smoothed KL, the integral and the current beta) travels in `state_dict`, so a resumed run
     continues exactly."""
 
-    def __init__(self, *, beta: float, target_kl: float | None = None, kp: float = 0.5, ki: float = 0.01,
+    def __init__(self, *, beta: float, target_kl: float | None = None, kp: float = 1.0, ki: float = 0.05,
                  smoothing: float = 0.05, beta_min: float = 1e-4, beta_max: float = 1e3) -> None:
         super().__init__(beta=beta)
         if target_kl is None:

@@ -1,0 +1,130 @@
+"""KL watch: warns while training runs when the KL collapses toward zero or no latent unit is active.
+
+A built-in plugin that uses only the training lifecycle hooks, as a third-party one would. It warns
+(a `KLWarning`, through Python's `warnings` module, so it reaches stderr and can be filtered or turned
+into an error with `-W error::cvae_klwatch.KLWarning`) on two events:
+
+- **KL collapsing**: the KL per example falls below `CVAE_KLWATCH_MIN_KL` nats (default 0.5, the
+  threshold `cvae doctor` uses). Checked every `CVAE_KLWATCH_EVERY` steps (default 100) on a moving
+  average of the batch KL, so a collapse is reported within an epoch, and again on each epoch's mean.
+- **no active units**: the epoch's held-out active-unit count (posterior means varying across the
+  data) is 0.
+
+Each event is reported once, and again only after it has cleared. The per-step cost is one integer
+test; every `CVAE_KLWATCH_EVERY` steps one KL value is copied to the host. `CVAE_DISABLE_PLUGINS=klwatch`
+turns it off, for models meant to ignore z. After training, `cvae doctor RUN_DIR` says why and what to change.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import cvae
+from cvae.diagnose import RULES
+
+__all__ = ["KLWarning", "Watch", "cvae_fit_start", "cvae_step_end", "cvae_epoch_end"]
+
+EMA_WEIGHT = 0.3  # weight of the newest sampled batch KL in the moving average
+
+
+class KLWarning(UserWarning):
+    """The KL collapsed toward zero, or no latent unit is active."""
+
+
+def _warn(message: str) -> None:
+    """Issue a KLWarning attributed to this plugin rather than to pluggy's caller (every filter still
+    applies; repeats are this module's own business, so no once-per-location registry)."""
+    warnings.warn_explicit(message, KLWarning, filename="cvae_klwatch", lineno=0, module="cvae_klwatch")
+
+
+def _env_float(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name, default))
+    except ValueError:
+        warnings.warn(f"{name}={os.environ[name]!r} is not a number; using {default}", KLWarning, stacklevel=2)
+        return default
+
+
+@dataclass
+class Watch:
+    """What the watcher knows about one training run."""
+
+    min_kl: float
+    every: int
+    kl_ema: float | None = None
+    samples: int = 0
+    collapsed: bool = False
+    inactive: bool = False
+
+
+_watches: weakref.WeakKeyDictionary[Any, Watch] = weakref.WeakKeyDictionary()
+
+
+def _watch(trainer: Any) -> Watch:
+    watch = _watches.get(trainer)
+    if watch is None:
+        watch = _watches[trainer] = Watch(min_kl=_env_float("CVAE_KLWATCH_MIN_KL", RULES["collapse_kl_nats"]),
+                                          every=max(1, int(_env_float("CVAE_KLWATCH_EVERY", 100))))
+    return watch
+
+
+def _where(trainer: Any) -> str:
+    run_dir = getattr(trainer, "run_dir", None)
+    return f" [after training, `cvae doctor {run_dir}` says what to change]" if run_dir is not None else ""
+
+
+def _beta(trainer: Any) -> str:
+    try:
+        return f"{trainer.schedule.beta(trainer.step):.3g}"
+    except Exception:  # a third-party trainer without a schedule: the warning still matters
+        return "?"
+
+
+@cvae.hookimpl
+def cvae_fit_start(trainer: Any) -> None:
+    _watches.pop(trainer, None)
+    _watch(trainer)
+
+
+def _collapse(watch: Watch, kl: float, message: str, trainer: Any) -> None:
+    """Warn when the KL first falls below the threshold; clear once it is back above twice that."""
+    if kl < watch.min_kl and not watch.collapsed:
+        watch.collapsed = True
+        _warn(f"{message}, below {watch.min_kl:g}: z is being ignored. Lower train.beta, warm it up "
+              f"(train.schedule=linear), set train.free_bits, or use train.schedule=kl_target{_where(trainer)}")
+    elif kl >= 2 * watch.min_kl:
+        watch.collapsed = False  # cleared: a later collapse is news again
+
+
+@cvae.hookimpl
+def cvae_step_end(trainer: Any, step: int, losses: dict) -> None:
+    watch = _watches.get(trainer) or _watch(trainer)
+    if step % watch.every:
+        return
+    kl = float(losses["kl"])
+    watch.kl_ema = kl if watch.kl_ema is None else (1 - EMA_WEIGHT) * watch.kl_ema + EMA_WEIGHT * kl
+    watch.samples += 1
+    if watch.samples >= 3:  # a moving average over at least three samples, not the first noisy batches
+        _collapse(watch, watch.kl_ema, f"KL collapsing toward zero: {watch.kl_ema:.3g} nats per example at step "
+                                       f"{step} (moving average; beta {_beta(trainer)})", trainer)
+
+
+@cvae.hookimpl
+def cvae_epoch_end(trainer: Any, epoch: int, metrics: dict) -> None:
+    watch = _watches.get(trainer) or _watch(trainer)
+    kl, units = metrics.get("kl"), metrics.get("active_units")
+    if isinstance(kl, (int, float)):
+        _collapse(watch, kl, f"KL collapsed toward zero: {kl:.3g} nats per example over epoch {epoch} (beta "
+                             f"{metrics.get('beta', float('nan')):.3g}, held-out KL "
+                             f"{metrics.get('test_kl', float('nan')):.3g})", trainer)
+    if isinstance(units, int):
+        if units == 0 and not watch.inactive:
+            watch.inactive = True
+            _warn(f"no active latent units at epoch {epoch}: no posterior mean varies across the held-out data "
+                  f"(training KL {kl if isinstance(kl, (int, float)) else float('nan'):.3g} nats){_where(trainer)}")
+        elif units > 0:
+            watch.inactive = False
