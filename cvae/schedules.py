@@ -79,7 +79,7 @@ class KLTarget(Schedule):
     error e = (KL - target) / target, clipped to [-1, 1] so that one bad batch cannot move beta far,
     and sets log beta = log beta_start + kp * e + ki * sum(e): a KL above the target raises beta, one
     below lowers it. Working on log beta makes the gains independent of beta's scale; the integral
-    stops accumulating while beta sits at `beta_min` or `beta_max` (anti-windup). The state (the
+    is held where the output meets `beta_min` or `beta_max`, so it cannot wind up at a limit. The state (the
     smoothed KL, the integral and the current beta) travels in `state_dict`, so a resumed run
     continues exactly."""
 
@@ -112,12 +112,10 @@ class KLTarget(Schedule):
         a = self.smoothing
         self.kl_ema = kl if self.kl_ema is None else (1 - a) * self.kl_ema + a * kl
         error = min(1.0, max(-1.0, (self.kl_ema - self.target_kl) / self.target_kl))
-        integral = self.integral + self.ki * error
-        log_beta = self.log_start + self.kp * error + integral
-        if self.log_min <= log_beta <= self.log_max or (log_beta > self.log_max) != (error > 0):
-            self.integral = integral  # integrate unless that pushes further into a limit
-        log_beta = self.log_start + self.kp * error + self.integral
-        self.current = math.exp(min(max(log_beta, self.log_min), self.log_max))
+        proportional = self.log_start + self.kp * error
+        # anti-windup by back-calculation: the integral stops where the output meets a limit
+        self.integral = min(max(self.integral + self.ki * error, self.log_min - proportional), self.log_max - proportional)
+        self.current = math.exp(min(max(proportional + self.integral, self.log_min), self.log_max))
 
     def state_dict(self) -> dict[str, Any]:
         return {"kl_ema": self.kl_ema, "integral": self.integral, "current": self.current}

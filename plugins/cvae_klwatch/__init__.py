@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import os
 import warnings
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
 import cvae
 from cvae.diagnose import RULES
 
-__all__ = ["KLWarning", "Watch", "cvae_fit_start", "cvae_step_end", "cvae_epoch_end"]
+__all__ = ["KLWarning", "Watch", "cvae_fit_start", "cvae_step_end", "cvae_epoch_end", "cvae_fit_end", "cvae_fit_error"]
 
 EMA_WEIGHT = 0.3  # weight of the newest sampled batch KL in the moving average
 
@@ -61,13 +60,13 @@ class Watch:
     inactive: bool = False
 
 
-_watches: weakref.WeakKeyDictionary[Any, Watch] = weakref.WeakKeyDictionary()
+_watches: dict[int, Watch] = {}  # by id(trainer), from fit start to fit end or error
 
 
 def _watch(trainer: Any) -> Watch:
-    watch = _watches.get(trainer)
+    watch = _watches.get(id(trainer))
     if watch is None:
-        watch = _watches[trainer] = Watch(min_kl=_env_float("CVAE_KLWATCH_MIN_KL", RULES["collapse_kl_nats"]),
+        watch = _watches[id(trainer)] = Watch(min_kl=_env_float("CVAE_KLWATCH_MIN_KL", RULES["collapse_kl_nats"]),
                                           every=max(1, int(_env_float("CVAE_KLWATCH_EVERY", 100))))
     return watch
 
@@ -86,8 +85,18 @@ def _beta(trainer: Any) -> str:
 
 @cvae.hookimpl
 def cvae_fit_start(trainer: Any) -> None:
-    _watches.pop(trainer, None)
+    _watches.pop(id(trainer), None)
     _watch(trainer)
+
+
+@cvae.hookimpl
+def cvae_fit_end(trainer: Any, metrics: dict) -> None:
+    _watches.pop(id(trainer), None)
+
+
+@cvae.hookimpl
+def cvae_fit_error(trainer: Any, error: BaseException) -> None:
+    _watches.pop(id(trainer), None)
 
 
 def _collapse(watch: Watch, kl: float, message: str, trainer: Any) -> None:
@@ -102,7 +111,7 @@ def _collapse(watch: Watch, kl: float, message: str, trainer: Any) -> None:
 
 @cvae.hookimpl
 def cvae_step_end(trainer: Any, step: int, losses: dict) -> None:
-    watch = _watches.get(trainer) or _watch(trainer)
+    watch = _watch(trainer)
     if step % watch.every:
         return
     kl = float(losses["kl"])
@@ -115,7 +124,7 @@ def cvae_step_end(trainer: Any, step: int, losses: dict) -> None:
 
 @cvae.hookimpl
 def cvae_epoch_end(trainer: Any, epoch: int, metrics: dict) -> None:
-    watch = _watches.get(trainer) or _watch(trainer)
+    watch = _watch(trainer)
     kl, units = metrics.get("kl"), metrics.get("active_units")
     if isinstance(kl, (int, float)):
         _collapse(watch, kl, f"KL collapsed toward zero: {kl:.3g} nats per example over epoch {epoch} (beta "
