@@ -1,8 +1,9 @@
 """Multimodal behaviour cloning with CVAE policies.
 
 Environments with scripted multimodal experts (registered with gymnasium), demonstrations on disk,
-policies (MSE regression, a mixture-density head, CVAEs with a fixed or learned prior) trained side
-by side, and an evaluation that counts modes, not only successes. The command line is `cvae bc`.
+policies (MSE regression, a mixture-density head, CVAEs with a fixed, learned Gaussian or learned
+mixture prior) trained side by side, and an evaluation that counts modes, not only successes. The
+command line is `cvae bc`; `load_policy(run_dir, name, z=...)` gives `policy.act(obs)`.
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ from .evaluate import make_env, rollout, summarise
 from .priors import MixturePrior
 from .policies import POLICIES, Z_RULES, Policy, load_policy, train_policies
 
-__all__ = ["BehaviourCloningCommand", "Demos", "ENV_IDS", "MultiGoalEnv", "MixturePrior", "MultiGoalExpert", "ObstacleExpert", "ObstacleFieldEnv", "POLICIES",
-           "Policy", "Z_RULES", "benchmark", "collect", "evaluate_run", "load_bc_dataset", "load_demos", "load_policy", "make_env", "rollout",
-           "save_demos", "summarise", "train_policies", "cvae_environments", "cvae_datasets", "cvae_priors", "cvae_commands"]
+__all__ = [
+    "BehaviourCloningCommand", "Demos", "ENV_IDS", "MixturePrior", "MultiGoalEnv", "MultiGoalExpert", "ObstacleExpert",
+    "ObstacleFieldEnv", "POLICIES", "Policy", "Z_RULES", "benchmark", "collect", "evaluate_run", "load_bc_dataset",
+    "load_demos", "load_policy", "make_env", "rollout", "save_demos", "summarise", "train_policies",
+    "cvae_environments", "cvae_datasets", "cvae_priors", "cvae_commands",
+]
 
 register_envs()
 

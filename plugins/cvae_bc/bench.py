@@ -4,6 +4,7 @@ built-in environments (`cvae bc benchmark`)."""
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,7 +17,7 @@ import cvae
 
 from .demos import collect, save_demos
 from .evaluate import ExpertBatch, draw_rollouts, make_env, resolve_env, rollout, save_panels, summarise
-from .policies import Z_RULES, load_policy, run_info, train_policies
+from .policies import POLICIES, Z_RULES, load_policy, run_info, train_policies
 
 __all__ = ["DEFAULT_RULES", "BENCHMARK_ENVS", "default_variants", "evaluate_run", "benchmark", "markdown_table"]
 
@@ -147,11 +148,9 @@ def benchmark(out: str | Path, *, envs: Sequence[str] | None = None, demos: int 
         where = out / name
         path = save_demos(d, where / "demos.npz")
         run = where / "run"
-        if (run / "bc.json").exists():
-            import shutil
-
+        if (run / "bc.json").exists():  # a benchmark always starts its runs afresh
             shutil.rmtree(run)
-        log(f"[{name}] training {', '.join(['mse', 'mdn', 'cvae_fixed', 'cvae_learned', 'cvae_mixture'])}")
+        log(f"[{name}] training {', '.join(POLICIES)}")
         train_policies(path, run, chunk=chunk, epochs=epochs, seed=seed, cvae_overrides=cvae_overrides,
                        log=lambda s: None)
         t1 = time.perf_counter()
