@@ -260,6 +260,10 @@ def test_policy_act_in_a_plain_gymnasium_loop(tiny_run):
             if terminated or truncated:
                 break
         assert terminated or truncated
+    with pytest.raises(cvae.CVAEError, match="observations must be"):
+        policy.act(np.zeros(5, dtype=np.float32))
+    mse = cvae_bc.load_policy(tiny_run, "mse")
+    assert mse.act(np.zeros((3, 4), dtype=np.float32)).shape == (3, 2)
 
 
 def test_z_rules_decide_when_the_noise_is_drawn_and_how_often_the_model_is_queried(tiny_run):

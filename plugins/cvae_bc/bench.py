@@ -59,7 +59,10 @@ def evaluate_run(run_dir: str | Path, variants: Sequence[str] | None = None, *, 
     run_dir = Path(run_dir)
     info = run_info(run_dir)
     variants = list(variants or default_variants(info))
-    spec = resolve_env(env or info.get("env") or info.get("env_id") or "")
+    name = env or info.get("env") or info.get("env_id")
+    if not name:
+        raise cvae.CVAEError("the demonstrations name no environment to evaluate in; pass --env NAME (see `cvae bc envs`)")
+    spec = resolve_env(name)
     if not spec.env_id:
         raise cvae.CVAEError(f"environment {spec.name!r} has no gymnasium id")
     names = info.get("mode_names") or []

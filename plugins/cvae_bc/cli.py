@@ -145,7 +145,8 @@ class BehaviourCloningCommand:
         from .policies import train_policies
 
         results = train_policies(args.demos, args.out, policies=args.policies, chunk=args.chunk, epochs=args.epochs,
-                                 seed=args.seed, resume=args.resume, cvae_overrides=args.overrides, log=_log)
+                                 seed=args.seed, resume=args.resume, cvae_overrides=args.overrides,
+                                 progress=sys.stderr.isatty(), log=_log)
         for name, metrics in results.items():
             shown = ", ".join(f"{k} {v:.3g}" for k, v in metrics.items() if isinstance(v, (int, float)))
             print(f"{name}: {shown}")

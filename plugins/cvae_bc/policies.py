@@ -172,7 +172,8 @@ class Policy:
     (a batch of another size resets too). Actions are clipped to the action space."""
 
     def __init__(self, head: nn.Module, *, chunk: int, low: np.ndarray, high: np.ndarray, z: str = "step",
-                 execute: int | None = None, seed: int | None = None, name: str = "", device: str = "cpu") -> None:
+                 execute: int | None = None, seed: int | None = None, name: str = "", device: str = "cpu",
+                 obs_dim: int | None = None) -> None:
         if z not in Z_RULES:
             raise cvae.CVAEError(f"unknown z rule {z!r}; allowed: {', '.join(Z_RULES)}")
         self.head, self.chunk, self.z, self.name = head.eval(), int(chunk), z, name
@@ -181,6 +182,7 @@ class Policy:
         if not 1 <= self.execute <= self.chunk:
             raise cvae.CVAEError(f"execute must be in 1..{self.chunk} (the chunk length), got {execute!r}")
         self.low, self.high = np.asarray(low, dtype=np.float32), np.asarray(high, dtype=np.float32)
+        self.obs_dim = obs_dim
         self.device = torch.device(device)
         self.generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
         self.n = 0
@@ -203,8 +205,11 @@ class Policy:
         obs = np.asarray(obs, dtype=np.float32)
         single = obs.ndim == 1
         batch = obs[None] if single else obs
-        if batch.ndim != 2:
-            raise cvae.CVAEError(f"observations must be (obs_dim,) or (n, obs_dim), got shape {obs.shape}")
+        if batch.ndim != 2 or (self.obs_dim is not None and batch.shape[1] != self.obs_dim):
+            raise cvae.CVAEError(f"observations must be ({self.obs_dim or 'obs_dim'},) or (n, {self.obs_dim or 'obs_dim'}), "
+                                 f"got shape {obs.shape}")
+        if not np.isfinite(batch).all():
+            raise cvae.CVAEError("observations contain NaN or infinite values")
         if len(batch) != self.n:
             self.reset(len(batch))
         need = np.nonzero(self._left == 0)[0]
@@ -277,10 +282,11 @@ def _cvae_config(demos_path: str, chunk: int, prior: str, epochs: int, seed: int
 
 def train_policies(demos_path: str | Path, out: str | Path, *, policies: Sequence[str] | None = None, chunk: int = 4,
                    epochs: int = 150, head_epochs: int | None = None, seed: int = 0, resume: bool = False,
-                   cvae_overrides: Sequence[str] = (), log: Any = print) -> dict[str, Any]:
+                   cvae_overrides: Sequence[str] = (), progress: bool = False, log: Any = print) -> dict[str, Any]:
     """Train the named policies (default: all of POLICIES) on one demonstrations file into `out`:
     `out/bc.json` describes the run, `out/<name>/` holds each policy (a cvae run directory for the
-    CVAEs). With `resume`, finished policies are kept and interrupted CVAE runs continue."""
+    CVAEs). With `resume`, finished policies are kept and interrupted CVAE runs continue; `progress`
+    shows the CVAE trainer's progress bar."""
     from .demos import load_demos
 
     names = list(policies or POLICIES)
@@ -322,6 +328,7 @@ def train_policies(demos_path: str | Path, out: str | Path, *, policies: Sequenc
         log(f"training {name} ({settings['kind']}) -> {where}")
         if settings["kind"] == "cvae":
             cfg = _cvae_config(demos_path, chunk, settings["prior"], epochs, seed)
+            cfg["train"]["progress"] = bool(progress)
             again = resume and (where / "checkpoints").is_dir() and any((where / "checkpoints").iterdir())
             metrics = cvae.train(cfg, out=where, resume=again, overrides=list(cvae_overrides))
             results[name] = {k: metrics[k] for k in ("test_elbo", "test_rec", "test_kl", "active_units") if k in metrics}
@@ -392,4 +399,4 @@ def load_policy(run_dir: str | Path, name: str = "cvae_learned", *, z: str = "st
         except (KeyError, RuntimeError, TypeError) as exc:
             raise cvae.CVAEError(f"{path} does not fit policy {name!r}: {str(exc).splitlines()[0]}") from None
     return Policy(head, chunk=info["chunk"], low=np.array(info["action_low"]), high=np.array(info["action_high"]),
-                  z=z, execute=execute, seed=seed, name=name)
+                  z=z, execute=execute, seed=seed, name=name, obs_dim=info["obs_dim"])
