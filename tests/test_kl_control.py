@@ -164,26 +164,61 @@ def test_klwatch_is_quiet_on_a_healthy_run(tmp_path):
         kltoys.train(tmp_path / "run", "train.epochs=3")
 
 
+def _emitted(call) -> list[str]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        call()
+    return [str(w.message) for w in caught if issubclass(w.category, cvae_klwatch.KLWarning)]
+
+
+def _fake_trainer(epochs: int, epoch: int = 0) -> types.SimpleNamespace:
+    return types.SimpleNamespace(run_dir="runs/x", step=0, epoch=epoch, schedule=Constant(beta=3.0),
+                                 config={"train": {"epochs": epochs}})
+
+
+def _epochs(trainer, kls, units=3) -> list[str]:
+    """Feed one epoch-end per KL value; the warnings they raise."""
+    return _emitted(lambda: [cvae_klwatch.cvae_epoch_end(trainer=trainer, epoch=i + 1, metrics={
+        "kl": kl, "test_kl": kl, "beta": 1.0, "active_units": units}) for i, kl in enumerate(kls)])
+
+
 def test_klwatch_checks_steps_and_rearms_after_recovery(monkeypatch):
     monkeypatch.setenv("CVAE_KLWATCH_EVERY", "2")
-    trainer = types.SimpleNamespace(run_dir="runs/x", step=0, schedule=Constant(beta=3.0))
-
-    def emitted(call) -> list[str]:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            call()
-        return [str(w.message) for w in caught if issubclass(w.category, cvae_klwatch.KLWarning)]
-
+    trainer = _fake_trainer(epochs=10, epoch=1)
     cvae_klwatch.cvae_fit_start(trainer=trainer)
     loss = {"kl": torch.tensor(0.01)}
-    assert emitted(lambda: [cvae_klwatch.cvae_step_end(trainer=trainer, step=s, losses=loss) for s in (1, 2, 3, 4)]) == []
-    got = emitted(lambda: cvae_klwatch.cvae_step_end(trainer=trainer, step=6, losses=loss))  # third sample
+    assert _emitted(lambda: [cvae_klwatch.cvae_step_end(trainer=trainer, step=s, losses=loss) for s in (1, 2, 3, 4)]) == []
+    got = _emitted(lambda: cvae_klwatch.cvae_step_end(trainer=trainer, step=6, losses=loss))  # third sample
     assert len(got) == 1 and "at step 6" in got[0] and "beta 3" in got[0] and "cvae doctor runs/x" in got[0]
     healthy = {"kl": 4.0, "test_kl": 4.0, "beta": 1.0, "active_units": 3}
-    assert emitted(lambda: cvae_klwatch.cvae_epoch_end(trainer=trainer, epoch=1, metrics={**healthy, "kl": 0.2})) == []
-    assert emitted(lambda: cvae_klwatch.cvae_epoch_end(trainer=trainer, epoch=2, metrics=healthy)) == []  # clears
-    again = emitted(lambda: cvae_klwatch.cvae_epoch_end(trainer=trainer, epoch=3, metrics={**healthy, "kl": 0.2}))
+    end = cvae_klwatch.cvae_epoch_end
+    assert _emitted(lambda: end(trainer=trainer, epoch=1, metrics={**healthy, "kl": 0.2})) == []  # already said
+    assert _emitted(lambda: end(trainer=trainer, epoch=2, metrics=healthy)) == []  # clears
+    again = _emitted(lambda: end(trainer=trainer, epoch=3, metrics={**healthy, "kl": 0.2}))
     assert len(again) == 1 and "over epoch 3" in again[0]
-    dead = emitted(lambda: cvae_klwatch.cvae_epoch_end(trainer=trainer, epoch=4, metrics={**healthy, "active_units": 0}))
+    dead = _emitted(lambda: end(trainer=trainer, epoch=4, metrics={**healthy, "active_units": 0}))
     assert len(dead) == 1 and "no active latent units at epoch 4" in dead[0]
     assert math.isfinite(cvae_klwatch._watch(trainer).kl_ema)
+    cvae_klwatch.cvae_fit_end(trainer=trainer, metrics={})
+    assert id(trainer) not in cvae_klwatch._watches
+
+
+def test_klwatch_waits_out_an_early_dip_but_not_a_collapse():
+    # the bundled digits' default run (100 epochs): its KL dips for four epochs, then z comes into use
+    digits = [0.486, 0.124, 0.128, 0.245, 0.626, 1.04, 1.42, 1.99, 2.5, 3.4, 3.6, 4.0]
+    trainer = _fake_trainer(epochs=100)
+    cvae_klwatch.cvae_fit_start(trainer=trainer)
+    assert _epochs(trainer, digits) == []
+    # after the grace period (2 of 20 epochs), a low KL that is still rising fast is given time...
+    trainer = _fake_trainer(epochs=20)
+    cvae_klwatch.cvae_fit_start(trainer=trainer)
+    assert _epochs(trainer, [0.05, 0.1, 0.3]) == []
+    # ... and one that stalls is reported
+    trainer = _fake_trainer(epochs=20)
+    cvae_klwatch.cvae_fit_start(trainer=trainer)
+    got = _epochs(trainer, [0.05, 0.1, 0.3, 0.35])
+    assert len(got) == 1 and "over epoch 4" in got[0]
+    trainer = _fake_trainer(epochs=20)
+    cvae_klwatch.cvae_fit_start(trainer=trainer)
+    assert [m.split(":")[0] for m in _epochs(trainer, [0.001, 0.001], units=0)] == [
+        "KL collapsed toward zero", "no active latent units at epoch 2"]  # not at epoch 1: grace

@@ -2,14 +2,18 @@
 
 A built-in plugin that uses only the training lifecycle hooks, as a third-party one would. It warns
 (a `KLWarning`, through Python's `warnings` module, so it reaches stderr and can be filtered or turned
-into an error with `-W error::cvae_klwatch.KLWarning`) on two events:
+into an error with `-W error::UserWarning:cvae_klwatch`) on two events:
 
-- **KL collapsing**: the KL per example falls below `CVAE_KLWATCH_MIN_KL` nats (default 0.5, the
-  threshold `cvae doctor` uses). Checked every `CVAE_KLWATCH_EVERY` steps (default 100) on a moving
-  average of the batch KL, so a collapse is reported within an epoch, and again on each epoch's mean.
+- **KL collapsed**: the KL per example is below `CVAE_KLWATCH_MIN_KL` nats (default 0.5, the threshold
+  `cvae doctor` uses) and not recovering (not up by half since the previous check). Checked on each
+  epoch's mean KL and, within epochs, every `CVAE_KLWATCH_EVERY` steps (default 100) on a moving
+  average of the batch KL.
 - **no active units**: the epoch's held-out active-unit count (posterior means varying across the
   data) is 0.
 
+Early in training the KL often dips below half a nat and recovers once the decoder has learned the easy
+part (the bundled digits do this for their first four epochs), so nothing is said during the first
+`CVAE_KLWATCH_GRACE` of the planned epochs (default 0.1, at least one epoch), nor while the KL is rising.
 Each event is reported once, and again only after it has cleared. The per-step cost is one integer
 test; every `CVAE_KLWATCH_EVERY` steps one KL value is copied to the host. `CVAE_DISABLE_PLUGINS=klwatch`
 turns it off, for models meant to ignore z. After training, `cvae doctor RUN_DIR` says why and what to change.
@@ -17,6 +21,7 @@ turns it off, for models meant to ignore z. After training, `cvae doctor RUN_DIR
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -28,6 +33,7 @@ from cvae.diagnose import RULES
 __all__ = ["KLWarning", "Watch", "cvae_fit_start", "cvae_step_end", "cvae_epoch_end", "cvae_fit_end", "cvae_fit_error"]
 
 EMA_WEIGHT = 0.3  # weight of the newest sampled batch KL in the moving average
+RISING = 1.5      # a KL up by this factor since the previous check is recovering: wait
 
 
 class KLWarning(UserWarning):
@@ -44,7 +50,7 @@ def _env_float(name: str, default: float) -> float:
     try:
         return float(os.environ.get(name, default))
     except ValueError:
-        warnings.warn(f"{name}={os.environ[name]!r} is not a number; using {default}", KLWarning, stacklevel=2)
+        _warn(f"{name}={os.environ[name]!r} is not a number; using {default}")
         return default
 
 
@@ -54,7 +60,10 @@ class Watch:
 
     min_kl: float
     every: int
+    grace_epochs: int
     kl_ema: float | None = None
+    last_ema: float | None = None
+    last_epoch_kl: float | None = None
     samples: int = 0
     collapsed: bool = False
     inactive: bool = False
@@ -66,8 +75,14 @@ _watches: dict[int, Watch] = {}  # by id(trainer), from fit start to fit end or 
 def _watch(trainer: Any) -> Watch:
     watch = _watches.get(id(trainer))
     if watch is None:
+        try:
+            epochs = int(trainer.config["train"]["epochs"])
+        except (AttributeError, KeyError, TypeError, ValueError):
+            epochs = 1
+        grace = max(1, math.ceil(_env_float("CVAE_KLWATCH_GRACE", 0.1) * epochs))
         watch = _watches[id(trainer)] = Watch(min_kl=_env_float("CVAE_KLWATCH_MIN_KL", RULES["collapse_kl_nats"]),
-                                          every=max(1, int(_env_float("CVAE_KLWATCH_EVERY", 100))))
+                                              every=max(1, int(_env_float("CVAE_KLWATCH_EVERY", 100))),
+                                              grace_epochs=grace)
     return watch
 
 
@@ -81,6 +96,18 @@ def _beta(trainer: Any) -> str:
         return f"{trainer.schedule.beta(trainer.step):.3g}"
     except Exception:  # a third-party trainer without a schedule: the warning still matters
         return "?"
+
+
+def _collapse(watch: Watch, kl: float, previous: float | None, due: bool, message: str, trainer: Any) -> None:
+    """Warn when the KL is below the threshold, past the grace period and not rising; clear once it is back
+    above twice the threshold."""
+    if kl >= 2 * watch.min_kl:
+        watch.collapsed = False  # cleared: a later collapse is news again
+    rising = previous is not None and kl > RISING * previous
+    if due and kl < watch.min_kl and not rising and not watch.collapsed:
+        watch.collapsed = True
+        _warn(f"{message}, below {watch.min_kl:g}: z is being ignored. Lower train.beta, warm it up "
+              f"(train.schedule=linear), set train.free_bits, or use train.schedule=kl_target{_where(trainer)}")
 
 
 @cvae.hookimpl
@@ -99,39 +126,33 @@ def cvae_fit_error(trainer: Any, error: BaseException) -> None:
     _watches.pop(id(trainer), None)
 
 
-def _collapse(watch: Watch, kl: float, message: str, trainer: Any) -> None:
-    """Warn when the KL first falls below the threshold; clear once it is back above twice that."""
-    if kl < watch.min_kl and not watch.collapsed:
-        watch.collapsed = True
-        _warn(f"{message}, below {watch.min_kl:g}: z is being ignored. Lower train.beta, warm it up "
-              f"(train.schedule=linear), set train.free_bits, or use train.schedule=kl_target{_where(trainer)}")
-    elif kl >= 2 * watch.min_kl:
-        watch.collapsed = False  # cleared: a later collapse is news again
-
-
 @cvae.hookimpl
 def cvae_step_end(trainer: Any, step: int, losses: dict) -> None:
     watch = _watch(trainer)
     if step % watch.every:
         return
     kl = float(losses["kl"])
+    watch.last_ema = watch.kl_ema
     watch.kl_ema = kl if watch.kl_ema is None else (1 - EMA_WEIGHT) * watch.kl_ema + EMA_WEIGHT * kl
     watch.samples += 1
-    if watch.samples >= 3:  # a moving average over at least three samples, not the first noisy batches
-        _collapse(watch, watch.kl_ema, f"KL collapsing toward zero: {watch.kl_ema:.3g} nats per example at step "
-                                       f"{step} (moving average; beta {_beta(trainer)})", trainer)
+    # a moving average over at least three samples, in an epoch past the grace period
+    due = watch.samples >= 3 and getattr(trainer, "epoch", 0) >= watch.grace_epochs
+    _collapse(watch, watch.kl_ema, watch.last_ema, due, f"KL collapsing toward zero: {watch.kl_ema:.3g} nats per "
+              f"example at step {step} (moving average; beta {_beta(trainer)})", trainer)
 
 
 @cvae.hookimpl
 def cvae_epoch_end(trainer: Any, epoch: int, metrics: dict) -> None:
     watch = _watch(trainer)
     kl, units = metrics.get("kl"), metrics.get("active_units")
+    due = epoch >= watch.grace_epochs
     if isinstance(kl, (int, float)):
-        _collapse(watch, kl, f"KL collapsed toward zero: {kl:.3g} nats per example over epoch {epoch} (beta "
-                             f"{metrics.get('beta', float('nan')):.3g}, held-out KL "
-                             f"{metrics.get('test_kl', float('nan')):.3g})", trainer)
+        _collapse(watch, kl, watch.last_epoch_kl, due, f"KL collapsed toward zero: {kl:.3g} nats per example over "
+                  f"epoch {epoch} (beta {metrics.get('beta', float('nan')):.3g}, held-out KL "
+                  f"{metrics.get('test_kl', float('nan')):.3g})", trainer)
+        watch.last_epoch_kl = kl
     if isinstance(units, int):
-        if units == 0 and not watch.inactive:
+        if units == 0 and due and not watch.inactive:
             watch.inactive = True
             _warn(f"no active latent units at epoch {epoch}: no posterior mean varies across the held-out data "
                   f"(training KL {kl if isinstance(kl, (int, float)) else float('nan'):.3g} nats){_where(trainer)}")
