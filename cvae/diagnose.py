@@ -44,7 +44,6 @@ import torch
 from torch.utils.data import Dataset
 
 from .data import DataBundle, iterate_batches
-from .errors import CVAEError
 from .evaluate import active_units
 from .model import CVAE
 
