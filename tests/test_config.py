@@ -155,7 +155,7 @@ def test_bad_values_name_the_key_and_what_is_allowed(tiny, override, needle):
     ("model.prior=lerned", r"model.prior: unknown prior 'lerned': did you mean 'learned'"),
     ("data.name=tinny", r"data.name: unknown dataset 'tinny': did you mean 'tiny'"),
     ("train.schedule=linaer", r"train.schedule: unknown schedule 'linaer': did you mean 'linear'"),
-    ("model.architecture=transformer", r"model.architecture: unknown architecture 'transformer': known: .*mlp"),
+    ("model.architecture=transformer", r"model.architecture: unknown architecture 'transformer': known: "),
 ])
 def test_unknown_component_names_the_key_and_the_known_names(tiny, override, needle):
     with pytest.raises(UnknownComponentError, match=re.escape(needle)) as info:
