@@ -1,8 +1,8 @@
 """Gymnasium environments with scripted multimodal experts and per-episode mode labels.
 
-Both tasks move a 2-D point mass: the action is a commanded velocity in [-1, 1]^2, the velocity
-follows it with a first-order lag (v <- v + 0.5 (a - v)) and the position moves by 0.05 v per step,
-clipped to the world rectangle. Observations start with (x, y, vx, vy).
+Both tasks move a velocity-controlled 2-D point mass: the action is its velocity v in [-1, 1]^2 for
+the next step, the position moves by 0.05 v, clipped to the world rectangle. Observations start
+with (x, y, vx, vy), the velocity being the last action (zero after a reset).
 
 - `cvae/ObstacleField-v0` (`rows=1`): pass an obstacle field to reach the goal band at the top.
   Row r (0-based) holds r + 1 disc obstacles in a pyramid, so every gap sits right below an obstacle
@@ -40,7 +40,6 @@ __all__ = ["ObstacleFieldEnv", "MultiGoalEnv", "ObstacleExpert", "MultiGoalExper
            "register_envs", "check_action"]
 
 SPEED = 0.05  # world units per step at unit velocity
-LAG = 1.0  # velocity follows the commanded one with this gain per step
 START_NOISE = 0.03  # the start position is uniform in +-START_NOISE around the origin
 AGENT_RADIUS = 0.02
 OBSTACLE_RADIUS = 0.08
@@ -116,7 +115,7 @@ class _PointMass(gymnasium.Env):
     def _move(self, action: Any) -> tuple[np.ndarray, np.ndarray]:
         a = check_action(action, self.action_space)
         before = self.pos.copy()
-        self.vel = self.vel + LAG * (a - self.vel)
+        self.vel = a
         x0, x1, y0, y1 = self.bounds
         self.pos = np.clip(self.pos + SPEED * self.vel, [x0, y0], [x1, y1])
         self.t += 1

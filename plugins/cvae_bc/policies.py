@@ -176,14 +176,14 @@ class Policy:
                  obs_dim: int | None = None) -> None:
         if z not in Z_RULES:
             raise cvae.CVAEError(f"unknown z rule {z!r}; allowed: {', '.join(Z_RULES)}")
-        self.head, self.chunk, self.z, self.name = head.eval(), int(chunk), z, name
+        self.device = torch.device(device)
+        self.head, self.chunk, self.z, self.name = head.to(self.device).eval(), int(chunk), z, name
         default = self.chunk if z == "chunk" else 1
         self.execute = default if execute is None else int(execute)
         if not 1 <= self.execute <= self.chunk:
             raise cvae.CVAEError(f"execute must be in 1..{self.chunk} (the chunk length), got {execute!r}")
         self.low, self.high = np.asarray(low, dtype=np.float32), np.asarray(high, dtype=np.float32)
         self.obs_dim = obs_dim
-        self.device = torch.device(device)
         self.generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
         self.n = 0
         self.reset(1)
@@ -376,8 +376,9 @@ def run_info(run_dir: str | Path) -> dict[str, Any]:
 
 
 def load_policy(run_dir: str | Path, name: str = "cvae_learned", *, z: str = "step", execute: int | None = None,
-                seed: int | None = None) -> Policy:
-    """A trained policy of a `cvae bc train` run, ready for `act(obs)`; `z` picks the noise rule."""
+                seed: int | None = None, device: str = "cpu") -> Policy:
+    """A trained policy of a `cvae bc train` run, ready for `act(obs)`; `z` picks the noise rule
+    (see the table above), `seed` seeds the noise."""
     info = run_info(run_dir)
     if name not in info["policies"]:
         raise cvae.CVAEError(f"policy {name!r} is not in {run_dir}; it has {', '.join(info['policies']) or 'none'}")
@@ -399,4 +400,4 @@ def load_policy(run_dir: str | Path, name: str = "cvae_learned", *, z: str = "st
         except (KeyError, RuntimeError, TypeError) as exc:
             raise cvae.CVAEError(f"{path} does not fit policy {name!r}: {str(exc).splitlines()[0]}") from None
     return Policy(head, chunk=info["chunk"], low=np.array(info["action_low"]), high=np.array(info["action_high"]),
-                  z=z, execute=execute, seed=seed, name=name, obs_dim=info["obs_dim"])
+                  z=z, execute=execute, seed=seed, name=name, device=device, obs_dim=info["obs_dim"])
