@@ -33,6 +33,8 @@ __all__ = ["ConvEncoder", "ConvDecoder", "build_conv", "feature_sizes", "DEFAULT
 DEFAULT_KERNELS = (5, 3, 3)  # the lecture's; layers beyond the third use 3x3
 MAX_FLAT_FEATURES = 2**20  # a flattened feature map beyond this makes the FC layers absurd (over 1G weights)
 CONDITION_INPUTS = ("flat", "maps")
+NORMS = ("none", "batch")
+INITS = ("he", "default")
 
 
 def feature_sizes(size: int, kernels: Sequence[int], strides: Sequence[int]) -> list[int]:
@@ -49,6 +51,19 @@ def feature_sizes(size: int, kernels: Sequence[int], strides: Sequence[int]) -> 
     return sizes
 
 
+def _norm(norm: str, channels: int) -> list[nn.Module]:
+    return [nn.BatchNorm2d(channels)] if norm == "batch" else []
+
+
+def _he_init(module: nn.Module) -> None:
+    """He (Kaiming) normal weights for ReLU-family layers and zero biases: with PyTorch's default
+    initialisation the signal shrinks layer by layer and the first few hundred steps are wasted."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+
+
 def _output_padding(size_in: int, size_out: int, k: int, s: int) -> int:
     """The output padding that makes a transposed convolution (padding (k - 1) // 2) map size_in to size_out."""
     return size_out - ((size_in - 1) * s - 2 * ((k - 1) // 2) + k)
@@ -59,7 +74,7 @@ class ConvEncoder(nn.Module):
 
     def __init__(self, target: TargetInfo, cond_features: int, latent_dim: int, channels: Sequence[int],
                  kernels: Sequence[int], strides: Sequence[int], fc: int, activation: str,
-                 condition_input: str, flat_shape: tuple[int, int, int]) -> None:
+                 condition_input: str, flat_shape: tuple[int, int, int], norm: str = "none") -> None:
         super().__init__()
         c_in = target.shape[0]
         self.condition_input = condition_input
@@ -70,7 +85,7 @@ class ConvEncoder(nn.Module):
         layers: list[nn.Module] = []
         width = c_in + (cond_features if self.maps else 0)
         for c, k, s in zip(channels, kernels, strides):
-            layers += [nn.Conv2d(width, c, k, stride=s, padding=(k - 1) // 2), _ACTIVATIONS[activation]()]
+            layers += [nn.Conv2d(width, c, k, stride=s, padding=(k - 1) // 2), *_norm(norm, c), _ACTIVATIONS[activation]()]
             width = c
         self.convs = nn.Sequential(*layers, nn.Flatten())
         flat = math.prod(flat_shape)
@@ -94,7 +109,7 @@ class ConvDecoder(nn.Module):
 
     def __init__(self, target: TargetInfo, cond_features: int, latent_dim: int, params_per_element: int,
                  channels: Sequence[int], kernels: Sequence[int], strides: Sequence[int], fc: int, activation: str,
-                 heights: Sequence[int], widths: Sequence[int]) -> None:
+                 heights: Sequence[int], widths: Sequence[int], norm: str = "none") -> None:
         super().__init__()
         self.out_shape = (params_per_element, *target.shape)
         self.map_shape = (channels[-1], heights[-1], widths[-1])
@@ -111,7 +126,7 @@ class ConvDecoder(nn.Module):
             pad = (_output_padding(heights[i + 1], heights[i], k, s), _output_padding(widths[i + 1], widths[i], k, s))
             layers.append(nn.ConvTranspose2d(width, c, k, stride=s, padding=(k - 1) // 2, output_padding=pad))
             if j < n - 1:
-                layers.append(act())
+                layers += [*_norm(norm, c), act()]
             width = c
         self.deconvs = nn.Sequential(*layers)
 
@@ -123,14 +138,16 @@ class ConvDecoder(nn.Module):
 def build_conv(*, target: TargetInfo, cond_features: int, latent_dim: int, params_per_element: int,
                channels: Sequence[int] = (32, 64, 128), kernels: Sequence[int] | None = None,
                strides: Sequence[int] | None = None, fc: int = 1024, activation: str = "relu",
-               condition_input: str = "flat") -> tuple[nn.Module, nn.Module]:
+               condition_input: str = "flat", norm: str = "none", init: str = "he") -> tuple[nn.Module, nn.Module]:
     """Convolutional encoder and mirrored decoder for image targets `(channels, height, width)`.
 
     `channels`: output channels of each encoder convolution (the decoder mirrors them);
     `kernels`: their square kernel sizes (default 5 for the first layer, 3 for the others);
     `strides`: their strides (default 2 each); `fc`: width of the fully connected layer on each side;
     `condition_input`: "flat" (condition features join the flattened feature map) or "maps" (they are
-    broadcast to constant feature maps stacked onto the input image)."""
+    broadcast to constant feature maps stacked onto the input image); `norm`: "none" or "batch" (batch
+    normalisation after each hidden convolution); `init`: "he" (He-normal hidden layers, zero biases)
+    or "default" (PyTorch's own initialisation)."""
     if not target.is_image:
         raise CVAEError(f"architecture 'conv' needs image targets (channels, height, width); this dataset's targets "
                         f"have shape {tuple(target.shape)}: use architecture 'mlp'")
@@ -151,6 +168,9 @@ def build_conv(*, target: TargetInfo, cond_features: int, latent_dim: int, param
     if condition_input not in CONDITION_INPUTS:
         raise CVAEError(f"architecture 'conv': condition_input must be one of {', '.join(CONDITION_INPUTS)}, "
                         f"got {condition_input!r}")
+    if norm not in NORMS or init not in INITS:
+        raise CVAEError(f"architecture 'conv': norm must be one of {', '.join(NORMS)} and init one of "
+                        f"{', '.join(INITS)}; got norm={norm!r}, init={init!r}")
     _, height, width = target.shape
     heights, widths = feature_sizes(height, kernels, strides), feature_sizes(width, kernels, strides)
     flat_shape = (channels[-1], heights[-1], widths[-1])
@@ -159,7 +179,11 @@ def build_conv(*, target: TargetInfo, cond_features: int, latent_dim: int, param
                         f"({math.prod(flat_shape):,} features) before the fully connected layer; add stride-2 "
                         f"layers (channels, kernels, strides) or downsample the images")
     encoder = ConvEncoder(target, cond_features, latent_dim, channels, kernels, strides, int(fc), activation,
-                          condition_input, flat_shape)
+                          condition_input, flat_shape, norm)
     decoder = ConvDecoder(target, cond_features, latent_dim, params_per_element, channels, kernels, strides, int(fc),
-                          activation, heights, widths)
+                          activation, heights, widths, norm)
+    if init == "he":  # hidden layers only: the output layers keep small weights, so mu, log-variance and
+        # the likelihood parameters start near zero
+        for part in (encoder.convs, encoder.fc, decoder.fc, decoder.deconvs[:-1]):
+            _he_init(part)
     return encoder, decoder
