@@ -1,4 +1,5 @@
-"""PNG pictures of a model: sample grids (one row per class) and reconstructions beside originals."""
+"""PNG pictures of a model: sample grids (one row per class), reconstructions beside originals, latent
+interpolations, and completions of masked inputs."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from torchvision.utils import save_image
 from .data import DataBundle, iterate_batches
 from .model import CVAE
 
-__all__ = ["class_condition", "grid_conditions", "save_grid", "save_sample_grid", "save_reconstructions"]
+__all__ = ["class_condition", "grid_conditions", "save_grid", "save_sample_grid", "save_reconstructions",
+           "interpolate", "save_interpolations", "complete", "save_completions"]
 
 MIN_TILE = 32  # pixels: smaller images are enlarged (nearest neighbour) so a grid is readable
 
@@ -77,3 +79,74 @@ def save_reconstructions(model: CVAE, data: DataBundle, path: Path, n: int = 10,
     conds, y = next(iterate_batches(data.test, n, device=device))
     rec = model.reconstruct(conds, y, mode=mode)
     return save_grid(_to_unit(model, torch.cat([y, rec])), path, nrow=len(y))
+
+
+@torch.no_grad()
+def interpolate(model: CVAE, conds_a: dict[str, torch.Tensor], y_a: torch.Tensor, conds_b: dict[str, torch.Tensor],
+                y_b: torch.Tensor, steps: int = 8, mode: str = "mean") -> torch.Tensor:
+    """Decodes along straight lines from each example of a to its partner in b: the posterior means
+    of z and the condition features are both mixed in `steps` equal steps (ends included), so a pair of
+    different classes morphs across the class boundary. Returns (batch, steps, *target.shape)."""
+    h_a, h_b = model.features(conds_a, len(y_a)), model.features(conds_b, len(y_b))
+    z_a, z_b = model.posterior(y_a, h_a)[0], model.posterior(y_b, h_b)[0]
+    t = torch.linspace(0, 1, steps, device=z_a.device).view(1, steps, 1)
+    z = (z_a[:, None] * (1 - t) + z_b[:, None] * t).flatten(0, 1)
+    h = (h_a[:, None] * (1 - t) + h_b[:, None] * t).flatten(0, 1)
+    return model.decode(z, h, mode).view(len(y_a), steps, *model.target.shape)
+
+
+@torch.no_grad()
+def save_interpolations(model: CVAE, data: DataBundle, path: Path, rows: int = 8, steps: int = 8,
+                        mode: str = "mean") -> Path | None:
+    """Rows of latent interpolations between test images i and i + rows: the first image, `steps`
+    decodes, the second image; None when the targets are not images."""
+    if not model.target.is_image:
+        return None
+    device = next(model.parameters()).device
+    conds, y = next(iterate_batches(data.test, 2 * rows, device=device))
+    rows = len(y) // 2
+    if rows == 0:
+        return None
+    a = ({k: v[:rows] for k, v in conds.items()}, y[:rows])
+    b = ({k: v[rows:2 * rows] for k, v in conds.items()}, y[rows:2 * rows])
+    path_images = interpolate(model, *a, *b, steps=steps, mode=mode)
+    grid = torch.cat([a[1][:, None], path_images, b[1][:, None]], dim=1).flatten(0, 1)
+    return save_grid(_to_unit(model, grid), path, nrow=steps + 2)
+
+
+@torch.no_grad()
+def complete(model: CVAE, conditions: dict[str, torch.Tensor], y: torch.Tensor, mask: torch.Tensor,
+             iterations: int = 20, mode: str = "mean") -> torch.Tensor:
+    """Fill in the hidden pixels of images with any image model, by pseudo-Gibbs sampling (Rezende et
+    al. 2014): start from the mid-range value, then repeatedly draw z ~ q(z | x, y), decode, and put
+    the known pixels back. `mask` (broadcastable to y) is True where a pixel is known."""
+    t = model.target
+    mask = mask.to(y.device).expand_as(y)
+    h = model.features(conditions, len(y))
+    current = torch.where(mask, y, torch.full_like(y, (t.low + t.high) / 2))
+    for _ in range(max(1, iterations)):
+        mu, logvar = model.posterior(current, h)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        current = torch.where(mask, y, model.decode(z, h, mode))
+    return current
+
+
+@torch.no_grad()
+def save_completions(model: CVAE, data: DataBundle, path: Path, mask: torch.Tensor, rows: int = 8, samples: int = 5,
+                     iterations: int = 20, mode: str = "mean", seed: int = 0) -> Path | None:
+    """For `rows` test images: the masked input (hidden pixels grey), `samples` completions by
+    `complete`, and the original. `mask` is (H, W) or (C, H, W), True where a pixel is shown."""
+    if not model.target.is_image:
+        return None
+    device = next(model.parameters()).device
+    conds, y = next(iterate_batches(data.test, rows, device=device))
+    mask = mask.to(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        reps = {k: v.repeat_interleave(samples, 0) for k, v in conds.items()}
+        filled = complete(model, reps, y.repeat_interleave(samples, 0), mask, iterations, mode)
+    unit = _to_unit(model, y)
+    shown = torch.where(mask.expand_as(unit), unit, torch.full_like(unit, 0.5))
+    filled = _to_unit(model, filled).view(len(y), samples, *y.shape[1:])
+    grid = torch.cat([shown[:, None], filled, unit[:, None]], dim=1).flatten(0, 1)
+    return save_grid(grid, path, nrow=samples + 2)

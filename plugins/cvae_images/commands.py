@@ -1,0 +1,158 @@
+"""`cvae compare`: the same data and settings trained with each prior (and, optionally, the deterministic
+baseline), evaluated alike, printed as one table. `cvae pictures`: interpolations and completions of a run."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import inspect
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import cvae
+from cvae import config as config_mod
+
+from .baseline import train_deterministic
+from .completion import completion_info
+from .pictures import save_image_pictures
+
+__all__ = ["CompareCommand", "PicturesCommand", "format_table"]
+
+COLUMNS = (  # (heading, eval.json key, format)
+    ("test ELBO", "test_elbo", "{:.2f}"),
+    ("IWAE NLL", "nll_nats", "{:.2f}"),
+    ("bits/dim", "nll_bits_per_dim", "{:.3f}"),
+    ("KL", "test_kl", "{:.2f}"),
+    ("active", "active_units", "{:d}"),
+    ("sample acc", "sample_accuracy", "{:.1%}"),
+    ("diversity", "diversity_ratio", "{:.2f}"),
+    ("Frechet ratio", "frechet_ratio", "{:.2f}"),
+    ("train s", "train_seconds", "{:.0f}"),
+)
+
+
+def format_table(rows: list[tuple[str, dict[str, Any]]], markdown: bool = False) -> str:
+    """One row per variant; columns that no variant has are left out, missing cells are '-'."""
+    cols = [c for c in COLUMNS if any(r.get(c[1]) is not None for _, r in rows)]
+    head = ["variant", *(c[0] for c in cols)]
+    body = []
+    for name, r in rows:
+        cells = [name]
+        for _, key, fmt in cols:
+            v = r.get(key)
+            cells.append("-" if v is None else fmt.format(int(v) if fmt == "{:d}" else v))
+        body.append(cells)
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in body])
+    widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]
+    fmt_row = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    return "\n".join([fmt_row(head), *(fmt_row(b) for b in body)])
+
+
+def _prior_options(prior: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The configured prior options that `prior` accepts (N(0, I) takes none)."""
+    factory = cvae.get_registry().get("prior", prior).factory
+    params = inspect.signature(factory).parameters
+    return {k: v for k, v in options.items() if k in params}
+
+
+def _train_seconds(run_dir: Path) -> float:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return float(sum(r.get("seconds", 0.0) for r in rows))
+
+
+class CompareCommand:
+    help = "train one config with each prior (and the deterministic baseline) and print a table"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.description = ("Train the same configuration once per prior (model.prior = each of --priors), "
+                              "evaluate every run on the same test split, and print one table. Runs land in "
+                              "OUT/<prior>; a finished run with the same config is reused, so the table can be "
+                              "printed again without training.")
+        parser.add_argument("config", nargs="?", type=Path, help="TOML configuration file")
+        parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                            help="override one key (repeatable; values are TOML)")
+        parser.add_argument("--out", type=Path, required=True, help="directory for the runs and compare.json")
+        parser.add_argument("--priors", default="standard,learned", help="comma-separated priors (default: %(default)s)")
+        parser.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
+                            help="also train the deterministic baseline (z = 0); default: on for completion datasets")
+        parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
+
+    def run(self, args: argparse.Namespace) -> int:
+        base = config_mod.load_config(args.config, args.overrides)
+        priors = [p.strip() for p in args.priors.split(",") if p.strip()]
+        if not priors:
+            raise cvae.CVAEError("--priors: name at least one prior")
+        for p in priors:
+            cvae.get_registry().get("prior", p)
+        rows: list[tuple[str, dict[str, Any]]] = []
+        for prior in priors:
+            cfg = copy.deepcopy(base)
+            cfg["model"]["prior"] = prior
+            cfg["model"]["prior_options"] = _prior_options(prior, base["model"]["prior_options"])
+            config_mod.validate(cfg)
+            rows.append((f"prior={prior}", self._run_one(cfg, args.out / prior)))
+        data = cvae.load_data(base)
+        deterministic = args.deterministic if args.deterministic is not None else completion_info(data) is not None
+        if deterministic:
+            rows.append(("deterministic (no z)", self._deterministic(base, data, args.out / "deterministic")))
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "compare.json").write_text(json.dumps({name: r for name, r in rows}, indent=2) + "\n")
+        print(f"{data.name}: {len(data.train)} training and {len(data.test)} test examples; every figure on the "
+              f"test split, nats per example")
+        print(format_table(rows, markdown=args.markdown))
+        return 0
+
+    @staticmethod
+    def _run_one(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
+        from cvae.train import Trainer
+
+        done = out / "eval.json"
+        if done.is_file() and (out / "config.json").is_file():
+            if json.loads((out / "config.json").read_text()) == cfg:
+                print(f"cvae compare: reusing {out}", file=sys.stderr)
+                return {**json.loads(done.read_text()), "train_seconds": _train_seconds(out)}
+        print(f"cvae compare: training model.prior={cfg['model']['prior']!r} -> {out}", file=sys.stderr)
+        cfg = copy.deepcopy(cfg)
+        cfg["eval"]["at_end"] = True
+        metrics = Trainer(cfg, out).fit()
+        return {**metrics["eval"], "train_seconds": _train_seconds(out)}
+
+    @staticmethod
+    def _deterministic(cfg: dict[str, Any], data: cvae.DataBundle, out: Path) -> dict[str, Any]:
+        from cvae.build import resolve_device
+
+        done = out / "eval.json"
+        if done.is_file() and (out / "config.json").is_file() and json.loads((out / "config.json").read_text()) == cfg:
+            print(f"cvae compare: reusing {out}", file=sys.stderr)
+            return json.loads(done.read_text())
+        print(f"cvae compare: training the deterministic baseline -> {out}", file=sys.stderr)
+        start = time.perf_counter()
+        results = train_deterministic(cfg, data, out, resolve_device(cfg["device"]))
+        results.setdefault("train_seconds", time.perf_counter() - start)
+        return results
+
+
+class PicturesCommand:
+    help = "write interpolations.png and completions.png of a trained image run"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("run_dir", type=Path)
+        parser.add_argument("--out", type=Path, default=None, help="directory for the PNGs (default: the run directory)")
+        parser.add_argument("--mode", choices=("mean", "sample"), default=None, help="decode to the mean or draw")
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--device", default="auto")
+
+    def run(self, args: argparse.Namespace) -> int:
+        run = cvae.load_run(args.run_dir, args.device)
+        if not run.model.target.is_image and run.config["data"]["name"] != "completion":
+            raise cvae.CVAEError(f"{args.run_dir}: its targets have shape {tuple(run.model.target.shape)}, not images")
+        data = cvae.load_data(run.config)
+        mode = args.mode or run.config["eval"]["sample_mode"]
+        for path in save_image_pictures(run.model, data, args.out or run.path, mode=mode, seed=args.seed):
+            print(f"wrote {path}")
+        return 0
