@@ -136,11 +136,19 @@ class MixturePrior(Prior):
     def kl(self, q_mu: torch.Tensor, q_logvar: torch.Tensor, z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         return (gaussian_log_prob(z, q_mu, q_logvar) - self.log_prob(z, h)).unsqueeze(1)
 
-    def sample(self, h: torch.Tensor) -> torch.Tensor:
+    def draw(self, h: torch.Tensor, eps: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """z from given noise, so that a caller can hold it fixed (a policy's z per episode): the
+        component that the uniform `u` (batch, 1) picks by inverse CDF of the weights, then its mean
+        plus its scale times the standard normal `eps` (batch, latent_dim)."""
         log_w, mu, logvar = self.components(h)
-        pick = torch.distributions.Categorical(logits=log_w).sample()
+        pick = (log_w.exp().cumsum(1) < u).sum(1).clamp(max=self.k - 1)
         rows = torch.arange(len(h), device=h.device)
-        return mu[rows, pick] + torch.exp(0.5 * logvar[rows, pick]) * torch.randn_like(mu[:, 0])
+        return mu[rows, pick] + torch.exp(0.5 * logvar[rows, pick]) * eps
+
+    def sample(self, h: torch.Tensor) -> torch.Tensor:
+        n = h.shape[0]
+        return self.draw(h, torch.randn(n, self.latent_dim, device=h.device, dtype=h.dtype),
+                         torch.rand(n, 1, device=h.device, dtype=h.dtype))
 
     def mode(self, h: torch.Tensor) -> torch.Tensor:
         """The mean of the most probable component."""

@@ -83,3 +83,21 @@ def test_a_model_with_the_mixture_prior_trains_and_reports_kl(core_registry):
 def test_bad_component_count_is_a_clear_error():
     with pytest.raises(cvae.CVAEError, match="components"):
         MixturePrior(cond_features=0, latent_dim=2, components=0)
+
+
+def test_draw_is_reproducible_given_the_noise_and_picks_components_by_their_weights():
+    torch.manual_seed(0)
+    prior = MixturePrior(cond_features=3, latent_dim=2, components=4)
+    h = torch.randn(5, 3)
+    eps, u = torch.randn(5, 2), torch.rand(5, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(prior.draw(h, eps, u), prior.draw(h, eps, u))
+        log_w, mu, logvar = prior.components(h)
+        # u below the first weight picks the first component; eps = 0 gives its mean
+        torch.testing.assert_close(prior.draw(h, torch.zeros(5, 2), torch.zeros(5, 1)), mu[:, 0])
+        torch.testing.assert_close(prior.draw(h, torch.zeros(5, 2), torch.ones(5, 1)), mu[:, -1])
+        n = 40000
+        hh = h[:1].expand(n, 3)
+        z = prior.draw(hh, torch.zeros(n, 2), torch.rand(n, 1))
+        picked = (z[:, None, :] == mu[:1]).all(-1).float().mean(0)
+    torch.testing.assert_close(picked, log_w[0].exp(), atol=0.01, rtol=0)

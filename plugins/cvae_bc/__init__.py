@@ -17,14 +17,13 @@ from .cli import BehaviourCloningCommand
 from .demos import Demos, collect, load_bc_dataset, load_demos, save_demos
 from .envs import ENV_IDS, MultiGoalEnv, MultiGoalExpert, ObstacleExpert, ObstacleFieldEnv, register_envs
 from .evaluate import make_env, rollout, summarise
-from .priors import MixturePrior
 from .policies import POLICIES, Z_RULES, Policy, load_policy, train_policies
 
 __all__ = [
-    "BehaviourCloningCommand", "Demos", "ENV_IDS", "MixturePrior", "MultiGoalEnv", "MultiGoalExpert", "ObstacleExpert",
+    "BehaviourCloningCommand", "Demos", "ENV_IDS", "MultiGoalEnv", "MultiGoalExpert", "ObstacleExpert",
     "ObstacleFieldEnv", "POLICIES", "Policy", "Z_RULES", "benchmark", "collect", "evaluate_run", "load_bc_dataset",
     "load_demos", "load_policy", "make_env", "rollout", "save_demos", "summarise", "train_policies",
-    "cvae_environments", "cvae_datasets", "cvae_priors", "cvae_commands",
+    "cvae_environments", "cvae_datasets", "cvae_commands",
 ]
 
 register_envs()
@@ -50,12 +49,6 @@ def cvae_datasets() -> list[cvae.DatasetSpec]:
     return [cvae.DatasetSpec("bc_demos", load_bc_dataset,
                              "behaviour-cloning demonstrations (.npz): condition obs, target a chunk of actions "
                              "(options path, chunk, test_fraction, seed)")]
-
-
-@cvae.hookimpl
-def cvae_priors() -> list[cvae.PriorSpec]:
-    return [cvae.PriorSpec("learned_mixture", MixturePrior,
-                           "learned conditional Gaussian mixture p(z | x) (components, hidden); KL by sampling")]
 
 
 @cvae.hookimpl

@@ -3,7 +3,8 @@
 - `mse`: an MLP regressing the action chunk (mean squared error): it averages the modes.
 - `mdn`: an MLP whose output is a Gaussian mixture over the chunk (mixture-density network).
 - `cvae`: a conditional VAE p(chunk | obs, z) trained by cvae's own Trainer, with a fixed N(0, I)
-  prior (`prior = "standard"`) or a learned conditional prior p(z | obs) (`prior = "learned"`).
+  prior (`prior = "standard"`), a learned conditional prior p(z | obs) (`prior = "learned"`) or the
+  core's learned Gaussian mixture p(z | obs) (`prior = "mixture"`, 5 components).
 
 A `Policy` turns any of them into `policy.act(obs) -> action` for a gymnasium loop. How its latent
 noise is drawn is fixed when it is built (`z`):
@@ -50,7 +51,7 @@ POLICIES: dict[str, dict[str, Any]] = {
     "mdn": {"kind": "mdn", "components": 5},
     "cvae_fixed": {"kind": "cvae", "prior": "standard"},
     "cvae_learned": {"kind": "cvae", "prior": "learned"},
-    "cvae_mixture": {"kind": "cvae", "prior": "learned_mixture"},
+    "cvae_mixture": {"kind": "cvae", "prior": "mixture", "prior_options": {"components": 5}},
 }
 
 # settings of the CVAE policies (a cvae config); `cvae bc train --set` changes them
@@ -268,7 +269,8 @@ def fit_head(head: nn.Module, data: cvae.DataBundle, *, epochs: int, lr: float =
     return {"train_loss": train_loss, "test_loss": test_loss}
 
 
-def _cvae_config(demos_path: str, chunk: int, prior: str, epochs: int, seed: int) -> dict[str, Any]:
+def _cvae_config(demos_path: str, chunk: int, prior: str, epochs: int, seed: int,
+                 prior_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     cfg = json.loads(json.dumps(CVAE_CONFIG))
     cfg["seed"] = int(seed)
     cfg["device"] = "cpu"
@@ -276,6 +278,7 @@ def _cvae_config(demos_path: str, chunk: int, prior: str, epochs: int, seed: int
     cfg["model"]["prior"] = prior
     if prior == "standard":
         cfg["model"]["prior_options"] = {}
+    cfg["model"]["prior_options"].update(prior_options or {})
     cfg["train"]["epochs"] = int(epochs)
     return cfg
 
@@ -327,7 +330,7 @@ def train_policies(demos_path: str | Path, out: str | Path, *, policies: Sequenc
         where = out / name
         log(f"training {name} ({settings['kind']}) -> {where}")
         if settings["kind"] == "cvae":
-            cfg = _cvae_config(demos_path, chunk, settings["prior"], epochs, seed)
+            cfg = _cvae_config(demos_path, chunk, settings["prior"], epochs, seed, settings.get("prior_options"))
             cfg["train"]["progress"] = bool(progress)
             again = resume and (where / "checkpoints").is_dir() and any((where / "checkpoints").iterdir())
             metrics = cvae.train(cfg, out=where, resume=again, overrides=list(cvae_overrides))
