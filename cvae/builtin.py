@@ -3,9 +3,9 @@ hooks (and the same entry-point group) as any third-party plugin."""
 
 from __future__ import annotations
 
-from . import convnets, likelihoods, nets, priors, schedules
+from . import convnets, fcn, latent_maps, likelihoods, nets, priors, schedules, spatial_prior
 from .plugins import hookimpl
-from .registry import ArchitectureSpec, LikelihoodSpec, PriorSpec, ScheduleSpec
+from .registry import ArchitectureSpec, LikelihoodSpec, MetricSpec, PriorSpec, ScheduleSpec
 
 
 @hookimpl
@@ -27,13 +27,23 @@ def cvae_priors() -> list[PriorSpec]:
         PriorSpec("standard", priors.StandardNormalPrior, "fixed N(0, I)"),
         PriorSpec("learned", priors.LearnedGaussianPrior, "Gaussian p(z | x) from an MLP over the condition features"),
         PriorSpec("mixture", priors.MixturePrior, "mixture of Gaussians p(z | x) (option components); KL by sampling"),
+        PriorSpec("pixelcnn", spatial_prior.PixelCNNPrior, "autoregressive prior over latent maps (architecture "
+                  "'fcn'): masked convolutions, Gaussians per position; KL by sampling"),
     ]
 
 
 @hookimpl
 def cvae_architectures() -> list[ArchitectureSpec]:
     return [ArchitectureSpec("mlp", nets.build_mlp, "fully connected encoder and decoder for targets of any shape"),
-            ArchitectureSpec("conv", convnets.build_conv, "convolutional encoder and decoder for images of any size")]
+            ArchitectureSpec("conv", convnets.build_conv, "convolutional encoder and decoder for images of any size"),
+            ArchitectureSpec("fcn", fcn.build_fcn, "fully-convolutional encoder and decoder: latent maps, "
+                             "samples at other image sizes")]
+
+
+@hookimpl
+def cvae_metrics() -> list[MetricSpec]:
+    return [MetricSpec("latent_maps", latent_maps.make_latent_map_metric,
+                       "latent maps: correlation of neighbouring positions, posterior means and prior draws")]
 
 
 @hookimpl

@@ -49,6 +49,12 @@ class CVAE(nn.Module):
         self.encoder, self.decoder, self.prior, self.likelihood = encoder, decoder, prior, likelihood
         self.latent_dim, self.target = latent_dim, target
         self.condition_info = dict(condition_info)
+        # a fully-convolutional decoder declares its latent map (C, h, w); other architectures take vectors
+        self.latent_shape = tuple(getattr(decoder, "latent_shape", (latent_dim,)))
+        if len(self.latent_shape) > 1 and not prior.maps:
+            raise CVAEError(f"prior {type(prior).__name__} models latent vectors, but the architecture makes latent "
+                            f"maps {self.latent_shape}; use a prior for maps ('standard' or 'pixelcnn')")
+        prior.latent_shape = self.latent_shape
 
     @property
     def cond_features(self) -> int:
@@ -74,6 +80,11 @@ class CVAE(nn.Module):
                 raise CVAEError(f"condition {name!r} has shape {tuple(value.shape)}; expected "
                                 f"{('batch', *expected)}")
             parts.append(enc(value))
+        if len(parts) > 1 and any(p.ndim > 2 for p in parts):  # feature maps: vectors become constant maps
+            size = next(p.shape[2:] for p in parts if p.ndim > 2)
+            if any(p.ndim > 2 and p.shape[2:] != size for p in parts):
+                raise CVAEError(f"condition feature maps differ in size: {[tuple(p.shape[2:]) for p in parts]}")
+            parts = [p if p.ndim > 2 else p.view(*p.shape, *[1] * len(size)).expand(*p.shape, *size) for p in parts]
         if parts:
             return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
         if batch is None:
@@ -172,14 +183,22 @@ class CVAE(nn.Module):
 
     @torch.no_grad()
     def sample(self, conditions: Mapping[str, torch.Tensor] | None = None, n: int | None = None,
-               mode: str = "mean", z: str = "prior") -> torch.Tensor:
+               mode: str = "mean", z: str = "prior", size: tuple[int, int] | None = None) -> torch.Tensor:
         """Generate one target per row of the conditions (or `n` for a plain VAE): z from the prior
-        (`z="prior"`) or at the prior's mean (`z="mean"`), then decode."""
-        h = self.features(conditions or {}, n)
-        if z == "prior":
-            latent = self.prior.sample(h)
-        elif z == "mean":
-            latent = self.prior.mode(h)
-        else:
+        (`z="prior"`) or at the prior's mean (`z="mean"`), then decode. `size` (height, width) asks a
+        fully-convolutional model for images of another size than it was trained on."""
+        if z not in ("prior", "mean"):
             raise CVAEError(f"unknown z rule {z!r}; use 'prior' or 'mean'")
+        h = self.features(conditions or {}, n)
+        trained = self.prior.latent_shape
+        if size is not None:
+            if not hasattr(self.decoder, "latent_shape_for"):
+                raise CVAEError(f"this model's decoder ({type(self.decoder).__name__}) makes one image size, "
+                                f"{tuple(self.target.shape[1:])}; only a fully-convolutional architecture "
+                                f"('fcn') samples at other sizes")
+            self.prior.latent_shape = tuple(self.decoder.latent_shape_for(size))
+        try:
+            latent = self.prior.sample(h) if z == "prior" else self.prior.mode(h)
+        finally:
+            self.prior.latent_shape = trained
         return self.decode(latent, h, mode)

@@ -27,11 +27,17 @@ def gaussian_log_prob(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -
 
 
 class Prior(nn.Module):
-    """A diagonal Gaussian over z given condition features `h`; subclasses implement `params`."""
+    """A diagonal Gaussian over z given condition features `h`; subclasses implement `params`.
+
+    `latent_shape` is the shape of one z: `(latent_dim,)`, or `(latent_dim, h, w)` for a fully-convolutional
+    architecture (the CVAE sets it from the decoder). Only priors with `maps = True` accept latent maps."""
+
+    maps = False
 
     def __init__(self, latent_dim: int) -> None:
         super().__init__()
         self.latent_dim = latent_dim
+        self.latent_shape: tuple[int, ...] = (latent_dim,)
 
     def params(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-variance of p(z | x), each (batch, latent_dim)."""
@@ -55,20 +61,22 @@ class Prior(nn.Module):
 
 
 class StandardNormalPrior(Prior):
-    """Fixed N(0, I), whatever the condition."""
+    """Fixed N(0, I), whatever the condition; for latent maps, independent at every position."""
+
+    maps = True
 
     def __init__(self, *, cond_features: int, latent_dim: int) -> None:
         super().__init__(latent_dim)
 
     def params(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        zeros = h.new_zeros(h.shape[0], self.latent_dim)
+        zeros = h.new_zeros(h.shape[0], *self.latent_shape)
         return zeros, zeros
 
     def kl(self, q_mu: torch.Tensor, q_logvar: torch.Tensor, z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         return 0.5 * (q_logvar.exp() + q_mu**2 - 1.0 - q_logvar)
 
     def sample(self, h: torch.Tensor) -> torch.Tensor:
-        return torch.randn(h.shape[0], self.latent_dim, device=h.device, dtype=h.dtype)  # policy latency: one op
+        return torch.randn(h.shape[0], *self.latent_shape, device=h.device, dtype=h.dtype)  # policy latency: one op
 
 
 class LearnedGaussianPrior(Prior):
