@@ -277,3 +277,74 @@ def test_conv_on_tiny_shapes_and_the_pictures(fresh_plugins, tmp_path):
     assert save_completions(model, data, tmp_path / "c.png", mask, rows=2, samples=3).is_file()
     assert main(["pictures", str(tmp_path / "run"), "--out", str(tmp_path / "pics")]) == 0
     assert (tmp_path / "pics" / "interpolations.png").is_file()
+
+
+# -- masks split the image; bad input exits 2 with a clear message -----------------------------------------------
+
+
+@pytest.mark.parametrize("mask", ["quadrant1", "quadrant2", "quadrant3", "left", "right", "top", "bottom", "center"])
+@pytest.mark.parametrize("size", [8, 13])
+def test_condition_and_target_split_every_pixel_once(fresh_plugins, mask, size):
+    """The condition shows exactly the mask's pixels, the target holds exactly the others: no pixel in
+    both, none in neither, and the two together give back the image."""
+    bundle = load_completion(dataset="shapes", dataset_options={"n_train": 6, "n_test": 6, "size": size}, mask=mask)
+    m = bundle.extras["completion"]["mask"]
+    conds, y = next(cvae.iterate_batches(bundle.test, 6))
+    visible, channel = conds["visible"][:, :3], conds["visible"][:, 3]
+    assert torch.equal(channel, m.float().expand(6, size, size))
+    images = load_shapes(n_train=6, n_test=6, size=size).test.batch(torch.arange(6))[1]
+    assert torch.equal(visible, images * m)  # the visible pixels, the hidden ones zeroed
+    hidden = int((~m).sum())
+    assert 0 < hidden < size * size and y.shape == (6, 3 * hidden) == (6, bundle.target.numel)
+    assert torch.equal(y, images[:, :, ~m].flatten(1))  # the target is the hidden pixels and nothing else
+    assert torch.equal(compose(conds["visible"], y, m, "hidden"), images)
+
+
+def _cli_error(capsys, args):
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    return err
+
+
+def test_unknown_mask_exits_2_naming_the_masks(fresh_plugins, capsys, tmp_path):
+    err = _cli_error(capsys, ["train", "--out", str(tmp_path / "r"), "--set", 'data.name="completion"',
+                              "--set", 'data.options={dataset = "digits", mask = "diagonal"}'])
+    assert "unknown mask 'diagonal'" in err and "quadrant1" in err and "center" in err
+
+
+@pytest.mark.parametrize("sets, needle", [
+    # the hidden pixels are a vector: a convolutional decoder cannot produce them
+    (['data.name="completion"', 'data.options={dataset = "digits"}', 'model.architecture="conv"',
+      "model.architecture_options={}"],
+     "needs image targets"),
+    # even kernels need more pixels than three stride-2 layers leave of a 4x4 image
+    (['data.name="shapes"', "data.options={n_train = 6, n_test = 6, size = 4}", 'model.architecture="conv"',
+      "model.architecture_options={kernels = [4, 4, 4]}"], "needs at least"),
+    # no downsampling on 128x128: a 2M-feature map before the fully connected layer
+    (['data.name="shapes"', "data.options={n_train = 1, n_test = 1, size = 128}", 'model.architecture="conv"',
+      "model.architecture_options={strides = [1, 1, 1]}"], "add stride-2 layers"),
+])
+def test_image_size_the_architecture_cannot_take_exits_2(fresh_plugins, capsys, tmp_path, sets, needle):
+    err = _cli_error(capsys, ["train", "--out", str(tmp_path / "r"), *(x for s in sets for x in ("--set", s))])
+    assert needle in err
+
+
+def test_missing_torchvision_dataset_from_the_cli(fresh_plugins, capsys, tmp_path):
+    err = _cli_error(capsys, ["train", "--out", str(tmp_path / "r"), "--set", 'data.name="fashion_mnist"',
+                              "--set", f'data.options={{root = "{tmp_path / "nothing"}"}}'])
+    assert "data.options.root" in err and "data.options.download=true" in err and str(tmp_path / "nothing") in err
+
+
+def test_pictures_of_a_completion_run_and_of_a_non_image_run(fresh_plugins, capsys, tmp_path):
+    from cvae import config as config_mod
+    from cvae.train import Trainer
+
+    cfg = config_mod.load_config(None, [*COMPLETION_SETTINGS, "train.epochs=1", "eval.at_end=false"])
+    Trainer(cfg, tmp_path / "run").fit()
+    assert main(["pictures", str(tmp_path / "run"), "--out", str(tmp_path / "pics")]) == 0
+    assert "completions.png" in capsys.readouterr().out
+    with Image.open(tmp_path / "pics" / "completions.png") as png:  # 8 rows: visible part, 5 draws, original
+        assert png.size == (7 * 32 + 8 * 4, 8 * 32 + 9 * 4)
+    assert not (tmp_path / "pics" / "interpolations.png").exists()  # hidden pixels are no image to interpolate
+    assert _cli_error(capsys, ["pictures", str(tmp_path / "nowhere")])
