@@ -19,11 +19,13 @@ import torch
 
 from .errors import CheckpointError
 
-__all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "list_checkpoints", "latest_checkpoint", "atomic_write"]
+__all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "list_checkpoints", "latest_checkpoint", "checkpoint_path",
+           "atomic_write", "remove_temporaries"]
 
 FORMAT = "cvae-checkpoint"
 VERSION = 1
 _NAME = re.compile(r"step-(\d+)\.pt$")
+_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}$")  # what atomic_write's mkstemp names look like
 
 
 def atomic_write(path: Path, write: Any) -> None:
@@ -40,11 +42,43 @@ def atomic_write(path: Path, write: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename itself durable (it lives in the directory's entries), where the platform allows."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_temporaries(directory: Path) -> list[Path]:
+    """Delete the temporary files that a process killed inside `atomic_write` left in `directory`; the
+    files they were to replace are intact. Call it only while no other process writes there."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    stale = [p for p in directory.iterdir() if p.is_file() and _TEMPORARY.fullmatch(p.name)]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def checkpoint_path(directory: Path, step: int) -> Path:
+    """Where the checkpoint of step `step` is written."""
+    return Path(directory) / f"step-{int(step):09d}.pt"
 
 
 def save_checkpoint(directory: Path, state: dict[str, Any], keep: int = 2) -> Path:
     """Write `state` as `step-<step>.pt` in `directory` and drop all but the `keep` newest."""
-    path = Path(directory) / f"step-{int(state['step']):09d}.pt"
+    path = checkpoint_path(directory, state["step"])
     atomic_write(path, lambda f: torch.save({"format": FORMAT, "version": VERSION, **state}, f))
     for old in list_checkpoints(directory)[:-keep]:
         old.unlink(missing_ok=True)

@@ -92,13 +92,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .checkpoint import latest_checkpoint, load_checkpoint
-    from .train import NonFiniteLossError, Trainer
+    from .train import NonFiniteLossError, Trainer, resumed_config
 
     if args.resume:
         if args.out is None:
             raise CVAEError("--resume needs --out RUN_DIR: the run to continue")
-        saved = load_checkpoint(latest_checkpoint(args.out / "checkpoints"))["config"]
+        saved = resumed_config(args.out)
         cfg = (config_mod.load_config(args.config, args.overrides) if args.config
                else config_mod.apply_overrides(copy.deepcopy(saved), args.overrides))
     else:
@@ -106,8 +105,9 @@ def _train(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / cfg["data"]["name"]
     trainer = Trainer(cfg, out, resume=args.resume)
     where = "resuming at" if args.resume else "starting"
+    ranks = f" (rank {trainer.dist.rank} of {trainer.dist.world_size})" if trainer.dist.distributed else ""
     print(f"cvae train: {where} epoch {trainer.epoch + 1}/{trainer.config['train']['epochs']} of "
-          f"{trainer.config['data']['name']} on {trainer.device} -> {out}", file=sys.stderr)
+          f"{trainer.config['data']['name']} on {trainer.device}{ranks} -> {out}", file=sys.stderr)
     try:
         metrics = trainer.fit()
     except KeyboardInterrupt:
@@ -117,7 +117,10 @@ def _train(args: argparse.Namespace) -> int:
     except NonFiniteLossError as exc:
         print(f"cvae train: error: {exc}", file=sys.stderr)
         return 1
-    print(f"trained {trainer.epoch} epochs ({trainer.step} steps): test ELBO {metrics['test_elbo']:.2f} nats")
+    if not trainer.dist.is_main:  # rank 0 reports
+        return 0
+    elbo = f": test ELBO {metrics['test_elbo']:.2f} nats" if "test_elbo" in metrics else ""
+    print(f"trained {trainer.epoch} epochs ({trainer.step} steps){elbo}")
     if "eval" in metrics:
         print(_format_eval(metrics["eval"]))
     print(f"run directory: {out} (samples.png, reconstructions.png, metrics.jsonl, eval.json, checkpoints/)")

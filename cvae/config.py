@@ -81,6 +81,8 @@ SCHEMA: tuple[Key, ...] = (
         "flushed to zero); false gives plain Adam and default float handling, as a hand-written loop", bool),
     Key("train.checkpoint_every", 1, "write a checkpoint every this many epochs (the last epoch always)", int,
         check=_positive, check_doc="> 0"),
+    Key("train.checkpoint_steps", 0, "also write a checkpoint every this many steps, within epochs (0: only at the "
+        "ends of epochs); a killed run loses at most this many steps", int, check=_non_negative, check_doc=">= 0"),
     Key("train.keep_checkpoints", 2, "how many recent checkpoints to keep", int, check=_positive, check_doc="> 0"),
     Key("train.progress", True, "show a progress bar", bool),
     Key("eval.at_end", True, "evaluate on the test split when training ends and write eval.json", bool),

@@ -132,17 +132,23 @@ class TensorData(Dataset):
 
 
 def iterate_batches(data: Dataset, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
-                    start: int = 0, device: torch.device | str = "cpu") -> Iterator[Batch]:
-    """Batches of a split in a reproducible order, starting at batch `start` (for exact resume)."""
+                    start: int = 0, device: torch.device | str = "cpu", shard: tuple[int, int] = (0, 1)) -> Iterator[Batch]:
+    """Batches of a split in a reproducible order, starting at batch `start` (for exact resume).
+
+    With `shard=(rank, world_size)` each batch holds every `world_size`-th example of the global batch, from
+    `rank` on; a rank whose share is empty gets the global batch's first example instead (the trainer gives it
+    weight zero: every process must join each gradient all-reduce)."""
     n = len(data)
+    rank, world = shard
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    batches = (order[b * batch_size:(b + 1) * batch_size] for b in range(start, math.ceil(n / batch_size)))
+    if world > 1:
+        batches = (idx[rank::world] if rank < len(idx) else idx[:1] for idx in batches)
     if isinstance(data, TensorData):
-        for b in range(start, math.ceil(n / batch_size)):
-            idx = order[b * batch_size:(b + 1) * batch_size]
+        for idx in batches:
             conds, y = data.batch(idx.to(data.y.device))
             yield {k: v.to(device, non_blocking=True) for k, v in conds.items()}, y.to(device, non_blocking=True)
         return
-    sampler = order[start * batch_size:].tolist()
-    loader = DataLoader(data, batch_size=batch_size, sampler=sampler, num_workers=0)
+    loader = DataLoader(data, batch_sampler=[idx.tolist() for idx in batches], num_workers=0)
     for conds, y in loader:
         yield {k: v.to(device) for k, v in conds.items()}, y.to(device)

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torchvision.utils import save_image
 
+from .checkpoint import atomic_write
 from .data import DataBundle, iterate_batches
 from .model import CVAE
 
@@ -22,7 +23,8 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int) -> Path:
     scale = max(1, MIN_TILE // max(images.shape[-2:]))
     if scale > 1:
         images = images.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
-    save_image(images, path, nrow=nrow, padding=scale, pad_value=0.5)
+    # atomically: a run killed while drawing keeps its previous picture, never half of one
+    atomic_write(Path(path), lambda f: save_image(images, f, format="png", nrow=nrow, padding=scale, pad_value=0.5))
     return path
 
 
@@ -89,9 +91,10 @@ def interpolate(model: CVAE, conds_a: dict[str, torch.Tensor], y_a: torch.Tensor
     different classes morphs across the class boundary. Returns (batch, steps, *target.shape)."""
     h_a, h_b = model.features(conds_a, len(y_a)), model.features(conds_b, len(y_b))
     z_a, z_b = model.posterior(y_a, h_a)[0], model.posterior(y_b, h_b)[0]
-    t = torch.linspace(0, 1, steps, device=z_a.device).view(1, steps, 1)
-    z = (z_a[:, None] * (1 - t) + z_b[:, None] * t).flatten(0, 1)
-    h = (h_a[:, None] * (1 - t) + h_b[:, None] * t).flatten(0, 1)
+    t = torch.linspace(0, 1, steps, device=z_a.device).view(1, steps)
+    mix = lambda a, b: (a[:, None] * (1 - t.view(*t.shape, *[1] * (a.ndim - 1)))  # noqa: E731 (vectors or maps)
+                        + b[:, None] * t.view(*t.shape, *[1] * (b.ndim - 1))).flatten(0, 1)
+    z, h = mix(z_a, z_b), mix(h_a, h_b)
     return model.decode(z, h, mode).view(len(y_a), steps, *model.target.shape)
 
 

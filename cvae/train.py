@@ -11,21 +11,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from . import config as config_mod
+from . import distributed
 from .build import build_model, load_data, resolve_device
-from .checkpoint import atomic_write, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from .checkpoint import (atomic_write, checkpoint_path, latest_checkpoint, list_checkpoints, load_checkpoint,
+                         remove_temporaries, save_checkpoint)
 from .data import TensorData, iterate_batches
 from .errors import ConfigError, CVAEError
 from .evaluate import active_units, evaluate, held_out_stats
 from .pictures import save_reconstructions, save_sample_grid
 from .plugins import call_hook, get_registry
 
-__all__ = ["Trainer", "NonFiniteLossError", "train"]
+__all__ = ["Trainer", "NonFiniteLossError", "train", "resumed_config"]
 
 # Keys a resumed run may change: everything else must match the checkpoint's config.
-RESUMABLE_KEYS = ("train.epochs", "train.progress", "train.checkpoint_every", "train.keep_checkpoints",
+RESUMABLE_KEYS = ("train.epochs", "train.progress", "train.checkpoint_every", "train.checkpoint_steps", "train.keep_checkpoints",
                   "eval.at_end", "eval.iwae_samples", "eval.batch_size", "eval.sample_mode", "device")
 
 
@@ -43,20 +46,24 @@ class Trainer:
     """Trains a CVAE from a validated config into `run_dir`.
 
     Writes `metrics.jsonl` (one row per epoch), `checkpoints/step-*.pt`, `config.toml`-equivalent
-    `config.json`, and at the end `samples.png`, `reconstructions.png` and `eval.json`."""
+    `config.json`, and at the end `samples.png`, `reconstructions.png` and `eval.json`. Under torchrun each
+    process trains on its shard of every batch and rank 0 alone writes (see `cvae.distributed`)."""
 
     def __init__(self, config: Mapping[str, Any], run_dir: str | Path, resume: bool = False) -> None:
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
+        self.dist = distributed.context()
         state = None
         if resume:
-            state = load_checkpoint(latest_checkpoint(self.ckpt_dir))
-            config = _merge_resumed(state["config"], config)
+            saved, state = _resumable(self.run_dir)
+            config = _merge_resumed(saved, config)
         elif self.ckpt_dir.is_dir() and any(self.ckpt_dir.iterdir()):
             raise CVAEError(f"{self.run_dir} already holds a run; pass --resume to continue it or choose another --out")
         self.config = copy.deepcopy(dict(config))
         config_mod.validate(self.config)
-        self.device = resolve_device(self.config["device"])
+        self.device = self.dist.device(resolve_device(self.config["device"]))
+        self._own_group = self.dist.distributed and not torch.distributed.is_initialized()
+        self.dist.start(self.device)
         fast = self.config["train"]["fast"]
         if self.device.type == "cpu":
             torch.set_flush_denormal(fast)  # denormal Adam state slows CPU steps several-fold
@@ -65,6 +72,8 @@ class Trainer:
         self.data = load_data(self.config)
         self.train_split = self.data.train.to(self.device) if isinstance(self.data.train, TensorData) else self.data.train
         self.model = build_model(self.config, self.data.target, self.data.conditions).to(self.device)
+        if self.dist.rank > 0:  # same initial weights on every rank, but each draws its own noise
+            torch.manual_seed(distributed.noise_seed(self.config["seed"], self.dist.rank))
         tc = self.config["train"]
         self.optimizer = _adam(self.model.parameters(), tc["lr"], tc["weight_decay"], fused=fast)
         self.schedule = get_registry().get("schedule", tc["schedule"]).build(
@@ -73,19 +82,37 @@ class Trainer:
         # running sums of loss, rec and kl over the unfinished epoch, its example count and last beta: saved
         # with a mid-epoch checkpoint so that a resumed epoch's metrics row covers the whole epoch
         self.epoch_sums, self.epoch_count, self.epoch_beta = torch.zeros(3, dtype=torch.float64), 0, 0.0
+        if self.dist.is_main and resume:  # what a kill inside atomic_write left behind
+            remove_temporaries(self.run_dir)
+            remove_temporaries(self.ckpt_dir)
         if state is not None:
             self._restore(state)
-        else:
+        elif self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
-        atomic_write(self.run_dir / "config.json", lambda f: f.write(json.dumps(self.config, indent=2).encode()))
+        if self.dist.is_main:
+            atomic_write(self.run_dir / "config.json", lambda f: f.write(json.dumps(self.config, indent=2).encode()))
+        # the wrapper that averages gradients over processes; `self.model` stays the plain module
+        self.net = (DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                    if self.dist.distributed else self.model)
 
     # -- state -------------------------------------------------------------------------------------
 
-    def state_dict(self) -> dict[str, Any]:
+    def _rng_state(self) -> dict[str, torch.Tensor]:
         rng = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return rng
+
+    def state_dict(self, gather: bool = True) -> dict[str, Any]:
+        """Everything a resume needs. In a multi-process run `gather` collects every rank's noise generator
+        state (a collective: every rank must call it)."""
+        rng = self._rng_state()
+        extra: dict[str, Any] = {}
+        if self.dist.distributed:
+            extra["world_size"] = self.dist.world_size
+            if gather:
+                extra["rng_ranks"] = self.dist.gather(rng)
         return {
             "config": self.config,
             "target": self.data.target.to_dict(),
@@ -100,26 +127,41 @@ class Trainer:
             "epoch_sums": self.epoch_sums.clone(),
             "epoch_count": self.epoch_count,
             "epoch_beta": self.epoch_beta,
+            **extra,
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if "cuda" in state["rng"] and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        ranks = state.get("rng_ranks")
+        if ranks is not None and len(ranks) == self.dist.world_size:
+            rng = ranks[self.dist.rank]
+        elif self.dist.rank == 0:
+            rng = state["rng"]
+        else:  # saved by another number of processes, or by rank 0 alone: a fresh stream, still a function of the seed
+            rng = {}
+            torch.manual_seed(distributed.noise_seed(self.config["seed"], self.dist.rank) + state["step"])
+        if "torch" in rng:
+            torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
         self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
         if "epoch_sums" in state:
             self.epoch_sums = state["epoch_sums"].double().cpu()
             self.epoch_count, self.epoch_beta = state["epoch_count"], state["epoch_beta"]
         # rows of epochs after the checkpoint were never confirmed by one: drop them, they are redone
-        rows = _read_metrics(self.run_dir / "metrics.jsonl")
-        kept = "".join(json.dumps(r) + "\n" for r in rows if r["epoch"] <= self.epoch)
-        atomic_write(self.run_dir / "metrics.jsonl", lambda f: f.write(kept.encode()))
+        if self.dist.is_main:
+            rows = _read_metrics(self.run_dir / "metrics.jsonl")
+            kept = "".join(json.dumps(r) + "\n" for r in rows if r["epoch"] <= self.epoch)
+            atomic_write(self.run_dir / "metrics.jsonl", lambda f: f.write(kept.encode()))
 
-    def save(self) -> Path:
-        return save_checkpoint(self.ckpt_dir, self.state_dict(), keep=self.config["train"]["keep_checkpoints"])
+    def save(self, gather: bool = True) -> Path:
+        """Write a checkpoint of the current state (rank 0 writes; every rank gets its path)."""
+        state = self.state_dict(gather)
+        if not self.dist.is_main:
+            return checkpoint_path(self.ckpt_dir, self.step)
+        return save_checkpoint(self.ckpt_dir, state, keep=self.config["train"]["keep_checkpoints"])
 
     def _save_last_good(self) -> str:
         """After a non-finite loss, keep the last good state and say where it is: the current state if it
@@ -138,25 +180,33 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train to `train.epochs`; returns the last epoch's metrics (with the evaluation, if run)."""
         tc = self.config["train"]
-        metrics: dict[str, Any] = {}
+        # a resumed run that had finished training (killed while writing pictures or the evaluation) only finishes
+        done = _read_metrics(self.run_dir / "metrics.jsonl") if self.epoch >= tc["epochs"] else []
+        metrics: dict[str, Any] = dict(done[-1]) if done else {}
         call_hook("cvae_fit_start", trainer=self)
         try:
             while self.epoch < tc["epochs"]:
                 metrics = self._run_epoch()
                 self.epoch += 1
                 self.batch = 0
-                with (self.run_dir / "metrics.jsonl").open("a") as f:
-                    f.write(json.dumps(metrics) + "\n")
+                if self.dist.is_main:  # one write of one line: a kill leaves at most a cut last line, dropped on resume
+                    with (self.run_dir / "metrics.jsonl").open("a") as f:
+                        f.write(json.dumps(metrics) + "\n")
                 call_hook("cvae_epoch_end", trainer=self, epoch=metrics["epoch"], metrics=metrics)
                 if self.epoch % tc["checkpoint_every"] == 0 or self.epoch == tc["epochs"]:
                     self.save()
         except KeyboardInterrupt as exc:
-            self.save()  # between two steps: the position is exact
+            # between two steps: the position is exact. Other processes may be anywhere: rank 0 saves its own view
+            self.save(gather=not self.dist.distributed)
             call_hook("cvae_fit_error", trainer=self, error=exc)
             raise
         except Exception as exc:
             call_hook("cvae_fit_error", trainer=self, error=exc)
             raise
+        finally:
+            if self._own_group:  # no collective follows: rank 0 finishes alone
+                torch.distributed.destroy_process_group()
+                self._own_group = False
         metrics.update(self.finish())
         call_hook("cvae_fit_end", trainer=self, metrics=metrics)
         return metrics
@@ -164,9 +214,11 @@ class Trainer:
     def _run_epoch(self) -> dict[str, Any]:
         tc = self.config["train"]
         bs = self.config["data"]["batch_size"]
-        n_batches = math.ceil(len(self.train_split) / bs)
+        n = len(self.train_split)
+        n_batches = math.ceil(n / bs)
+        rank, world = self.dist.rank, self.dist.world_size
         batches = iterate_batches(self.train_split, bs, shuffle=True, generator=_epoch_generator(self.config["seed"], self.epoch),
-                                  start=self.batch, device=self.device)
+                                  start=self.batch, device=self.device, shard=(rank, world))
         bar = tqdm(batches, total=n_batches, initial=self.batch, desc=f"epoch {self.epoch + 1}/{tc['epochs']}",
                    disable=None if tc["progress"] else True, leave=False, dynamic_ncols=True)
         if self.batch == 0:
@@ -175,11 +227,20 @@ class Trainer:
         self.model.train()
         for conds, y in bar:
             beta = self.schedule.beta(self.step)
-            terms = self.model(conds, y, beta=beta, free_bits=tc["free_bits"])
+            terms = self.net(conds, y, beta=beta, free_bits=tc["free_bits"])
+            size = min(bs, n - self.batch * bs)  # examples in the global batch
+            loss = terms.loss
+            if world > 1:  # this shard's weight in the global batch mean (DDP divides the gradient sum by world)
+                share = distributed.shard_size(size, rank, world)
+                loss = loss * (share * world / size)
             # one device-to-host copy per step, then plain floats: each tensor op here costs as much as a small
             # layer's (python -m benchmarks measures this loop against a hand-written one)
             with torch.no_grad():
-                values = torch.stack((terms.loss, terms.rec, terms.kl)).tolist()
+                stats = torch.stack((terms.loss, terms.rec, terms.kl))
+                if world > 1:  # sums over the global batch, so every rank sees (and checks) the same figures
+                    sums = self.dist.sum_(torch.cat((stats.double() * share, stats.new_tensor([share], dtype=torch.float64))))
+                    stats = sums[:3] / sums[3]
+                values = stats.tolist()
             if not all(map(math.isfinite, values)):
                 bad = [n for n, v in zip(("reconstruction", "KL"), values[1:]) if not math.isfinite(v)] or ["loss"]
                 raise NonFiniteLossError(
@@ -188,24 +249,27 @@ class Trainer:
                     f"{self._save_last_good()}. Try a lower train.lr, a smaller train.grad_clip or a likelihood "
                     f"with bounded scale")
             self.optimizer.zero_grad(set_to_none=True)
-            terms.loss.backward()
+            loss.backward()
             if tc["grad_clip"] > 0:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc["grad_clip"])
             self.optimizer.step()
             self.schedule.observe(values[2])
-            self.epoch_sums += torch.tensor(values, dtype=torch.float64) * len(y)
-            self.epoch_count += len(y)
+            self.epoch_sums += torch.tensor(values, dtype=torch.float64) * size
+            self.epoch_count += size
             self.epoch_beta = beta
-            seen += len(y)
+            seen += size
             self.step += 1
             self.batch += 1
             call_hook("cvae_step_end", trainer=self, step=self.step, losses={"loss": terms.loss.detach(),
                                                                                "rec": terms.rec.detach(), "kl": terms.kl.detach()})
+            if tc["checkpoint_steps"] and self.step % tc["checkpoint_steps"] == 0:
+                self.save()  # mid-epoch: a kill loses at most checkpoint_steps steps
             if self.step % 10 == 0:
                 bar.set_postfix(loss=f"{values[0]:.2f}", rec=f"{values[1]:.2f}", kl=f"{values[2]:.2f}", beta=f"{beta:.3g}")
         bar.close()
         seconds = time.perf_counter() - start
-        test = held_out_stats(self.model, self.data.test, self.device, self.config["eval"]["batch_size"])
+        test = self.dist.broadcast(held_out_stats(self.model, self.data.test, self.device, self.config["eval"]["batch_size"])
+                                   if self.dist.is_main else None)
         mean = (self.epoch_sums / max(self.epoch_count, 1)).tolist()
         return {"epoch": self.epoch + 1, "step": self.step, "loss": mean[0], "rec": mean[1], "kl": mean[2], "beta": self.epoch_beta,
                 "test_elbo": test["test_elbo"], "test_rec": test["test_rec"], "test_kl": test["test_kl"],
@@ -213,8 +277,10 @@ class Trainer:
                 "examples_per_s": seen / seconds if seconds > 0 else None}
 
     def finish(self) -> dict[str, Any]:
-        """Pictures and, if configured, the evaluation summary (eval.json)."""
+        """Pictures and, if configured, the evaluation summary (eval.json); rank 0 alone makes them."""
         ec = self.config["eval"]
+        if not self.dist.is_main:
+            return {}
         self.model.eval()
         save_sample_grid(self.model, self.data, self.run_dir / "samples.png", mode=ec["sample_mode"], seed=self.config["seed"])
         save_reconstructions(self.model, self.data, self.run_dir / "reconstructions.png", mode=ec["sample_mode"])
@@ -248,6 +314,25 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             break  # a line cut by a kill: everything after it is redone
     return rows
+
+
+def _resumable(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The config and newest checkpoint of the run in `run_dir`. A run killed before its first checkpoint
+    has only its config.json: it is started again from step 0 (None), exactly as it began."""
+    ckpt_dir = run_dir / "checkpoints"
+    if not list_checkpoints(ckpt_dir) and (run_dir / "config.json").is_file():
+        try:
+            return json.loads((run_dir / "config.json").read_text()), None
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CVAEError(f"{run_dir / 'config.json'} is unreadable ({exc}) and there is no checkpoint in {ckpt_dir}: "
+                            f"start the run again without --resume") from None
+    state = load_checkpoint(latest_checkpoint(ckpt_dir))
+    return state["config"], state
+
+
+def resumed_config(run_dir: str | Path) -> dict[str, Any]:
+    """The config of the run in `run_dir`, as `--resume` would continue it."""
+    return _resumable(Path(run_dir))[0]
 
 
 def _merge_resumed(saved: Mapping[str, Any], given: Mapping[str, Any] | None) -> dict[str, Any]:
