@@ -24,7 +24,7 @@ import torch.distributed as dist
 
 from .errors import CVAEError
 
-__all__ = ["Context", "context", "shard_size", "noise_seed"]
+__all__ = ["Context", "context", "shard_size", "loss_weight", "noise_seed"]
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,13 @@ def context() -> Context:
 def shard_size(global_size: int, rank: int, world_size: int) -> int:
     """How many of a global batch's `global_size` examples rank `rank` takes (every `world_size`-th one)."""
     return len(range(rank, global_size, world_size))
+
+
+def loss_weight(global_size: int, rank: int, world_size: int) -> float:
+    """The factor on rank `rank`'s batch-mean loss that makes the average of the ranks' gradients (what
+    DistributedDataParallel computes) the gradient of the global batch's mean: its share of the examples,
+    times `world_size`. Zero for a rank whose share is empty."""
+    return shard_size(global_size, rank, world_size) * world_size / global_size
 
 
 def noise_seed(seed: int, rank: int) -> int:

@@ -230,9 +230,9 @@ class Trainer:
             terms = self.net(conds, y, beta=beta, free_bits=tc["free_bits"])
             size = min(bs, n - self.batch * bs)  # examples in the global batch
             loss = terms.loss
-            if world > 1:  # this shard's weight in the global batch mean (DDP divides the gradient sum by world)
+            if world > 1:  # this shard's weight in the global batch mean (DDP averages the gradients)
                 share = distributed.shard_size(size, rank, world)
-                loss = loss * (share * world / size)
+                loss = loss * distributed.loss_weight(size, rank, world)
             # one device-to-host copy per step, then plain floats: each tensor op here costs as much as a small
             # layer's (python -m benchmarks measures this loop against a hand-written one)
             with torch.no_grad():
