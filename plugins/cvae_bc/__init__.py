@@ -17,13 +17,14 @@ from .cli import BehaviourCloningCommand
 from .demos import Demos, collect, load_bc_dataset, load_demos, save_demos
 from .envs import ENV_IDS, MultiGoalEnv, MultiGoalExpert, ObstacleExpert, ObstacleFieldEnv, register_envs
 from .evaluate import make_env, rollout, summarise
+from .pixels import PixelEncoder
 from .policies import POLICIES, Z_RULES, Policy, load_policy, train_policies
 
 __all__ = [
     "BehaviourCloningCommand", "Demos", "ENV_IDS", "MultiGoalEnv", "MultiGoalExpert", "ObstacleExpert",
-    "ObstacleFieldEnv", "POLICIES", "Policy", "Z_RULES", "benchmark", "collect", "evaluate_run", "load_bc_dataset",
+    "ObstacleFieldEnv", "POLICIES", "PixelEncoder", "Policy", "Z_RULES", "benchmark", "collect", "evaluate_run", "load_bc_dataset",
     "load_demos", "load_policy", "make_env", "rollout", "save_demos", "summarise", "train_policies",
-    "cvae_environments", "cvae_datasets", "cvae_commands",
+    "cvae_environments", "cvae_datasets", "cvae_conditions", "cvae_commands",
 ]
 
 register_envs()
@@ -49,6 +50,12 @@ def cvae_datasets() -> list[cvae.DatasetSpec]:
     return [cvae.DatasetSpec("bc_demos", load_bc_dataset,
                              "behaviour-cloning demonstrations (.npz): condition obs, target a chunk of actions "
                              "(options path, chunk, test_fraction, seed)")]
+
+
+@cvae.hookimpl
+def cvae_conditions() -> list[cvae.ConditionSpec]:
+    return [cvae.ConditionSpec("pixels", PixelEncoder, "image observations (height, width, channels; 0..255) through "
+                               "strided convolutions, as the conv architecture's encoder (channels, dim)")]
 
 
 @cvae.hookimpl

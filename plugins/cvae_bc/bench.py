@@ -90,7 +90,7 @@ def evaluate_run(run_dir: str | Path, variants: Sequence[str] | None = None, *, 
         actors.append((text, load_policy(run_dir, name, z=z)))
     for label, actor in actors:
         start = time.perf_counter()
-        records = rollout(actor, spec.env_id, episodes, list(seeds))
+        records = rollout(actor, spec.env_id, episodes, list(seeds), env_kwargs=info.get("env_kwargs") or None)
         results[label] = summarise(records, names, expert_probs)
         results[label]["seconds"] = round(time.perf_counter() - start, 2)
         images.append((label, draw_rollouts(probe, records)))
@@ -130,9 +130,11 @@ def markdown_table(result: dict[str, Any]) -> str:
 
 def benchmark(out: str | Path, *, envs: Sequence[str] | None = None, demos: int | None = None, epochs: int = 150,
               chunk: int = 4, episodes: int = 300, seeds: Sequence[int] = (0, 1, 2), seed: int = 0,
-              cvae_overrides: Sequence[str] = (), log: Callable[[str], None] = print) -> dict[str, Any]:
-    """For each environment: collect expert demonstrations, train every policy, evaluate every
-    variant. Writes `benchmark.md` and `benchmark.json` into `out` and returns the JSON."""
+              cvae_overrides: Sequence[str] = (), env_kwargs: dict[str, Any] | None = None,
+              log: Callable[[str], None] = print) -> dict[str, Any]:
+    """For each environment: collect expert demonstrations (the environment made with `env_kwargs`,
+    e.g. `{"obs": "image"}`), train every policy, evaluate every variant. Writes `benchmark.md` and
+    `benchmark.json` into `out` and returns the JSON."""
     torch.set_num_threads(1)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -142,13 +144,13 @@ def benchmark(out: str | Path, *, envs: Sequence[str] | None = None, demos: int 
     started = time.perf_counter()
     report: dict[str, Any] = {"settings": {"epochs": epochs, "chunk": chunk, "episodes": episodes,
                                            "seeds": [int(s) for s in seeds], "seed": seed,
-                                           "cvae_overrides": list(cvae_overrides)},
+                                           "cvae_overrides": list(cvae_overrides), "env_kwargs": dict(env_kwargs or {})},
                               "environments": {}}
     for name in names:
         t0 = time.perf_counter()
         n_demos = demos or BENCHMARK_ENVS.get(name, 300)
         log(f"[{name}] collecting {n_demos} expert episodes")
-        d, summary = collect(name, n_demos, seed=seed)
+        d, summary = collect(name, n_demos, seed=seed, env_kwargs=env_kwargs)
         where = out / name
         path = save_demos(d, where / "demos.npz")
         run = where / "run"

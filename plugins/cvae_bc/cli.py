@@ -38,6 +38,17 @@ def _names(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
 
+def _observation_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--obs", choices=("vector", "image"), default="vector",
+                        help="observations: the state vector (default) or an RGB picture of the scene")
+    parser.add_argument("--image-width", type=int, default=48, help="width of image observations in pixels (default 48)")
+
+
+def _env_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments of the environment: none for the default vector observations."""
+    return {"obs": "image", "image_width": args.image_width} if args.obs == "image" else {}
+
+
 class BehaviourCloningCommand:
     """The `cvae bc` subcommand group."""
 
@@ -59,6 +70,7 @@ class BehaviourCloningCommand:
         p.add_argument("--probs", type=_floats, default=None,
                        help="expert mode probabilities, one per mode, e.g. 0.7,0.3 (default: the environment's)")
         p.add_argument("--noise", type=float, default=None, help="std of the expert's action noise (default 0.1)")
+        _observation_arguments(p)
 
         p = sub.add_parser("train", help="train every policy on one demonstrations file")
         p.add_argument("demos", type=Path, help="demonstrations (.npz) from `cvae bc collect` or of the same format")
@@ -95,6 +107,7 @@ class BehaviourCloningCommand:
         p.add_argument("--seeds", type=_ints, default=[0, 1, 2])
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a key of the CVAE policies' config (repeatable)")
+        _observation_arguments(p)
         p.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
 
     def run(self, args: argparse.Namespace) -> int:
@@ -133,7 +146,8 @@ class BehaviourCloningCommand:
             options["noise"] = args.noise
         if args.out.suffix != ".npz":
             raise cvae.CVAEError(f"--out {args.out}: demonstrations are written as .npz")
-        demos, summary = collect(args.env, args.episodes, seed=args.seed, expert_options=options)
+        demos, summary = collect(args.env, args.episodes, seed=args.seed, expert_options=options,
+                                 env_kwargs=_env_kwargs(args))
         save_demos(demos, args.out)
         counts = ", ".join(f"{k} {v}" for k, v in summary["mode_counts"].items())
         print(f"wrote {summary['episodes']} episodes ({summary['steps']} steps) of {summary['env']} "
@@ -170,7 +184,8 @@ class BehaviourCloningCommand:
         from .bench import benchmark
 
         report = benchmark(args.out, envs=args.envs, demos=args.demos, epochs=args.epochs, chunk=args.chunk,
-                           episodes=args.episodes, seeds=args.seeds, cvae_overrides=args.overrides, log=_log)
+                           episodes=args.episodes, seeds=args.seeds, cvae_overrides=args.overrides,
+                           env_kwargs=_env_kwargs(args), log=_log)
         if args.json:
             print(json.dumps(report, indent=2))
         else:

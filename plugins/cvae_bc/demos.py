@@ -5,7 +5,7 @@ episode after another:
 
 | array | shape, dtype | meaning |
 |---|---|---|
-| `observations` | (T, obs_dim) float | the observation each action was taken in |
+| `observations` | (T, obs_dim) float, or (T, H, W, C) uint8 | the observation each action was taken in (a vector, or an image) |
 | `actions` | (T, act_dim) float | the action taken |
 | `episode_starts` | (E,) int | index of each episode's first step (0 first, increasing) |
 | `episode_ids` | (T,) int | episode index of every step (optional when `episode_starts` is given) |
@@ -14,10 +14,12 @@ episode after another:
 | `mode_probs` | (n_modes,) float | the expert's probability of each mode (optional; evaluation compares with it, else with the modes of the demonstrations) |
 | `env_id` | () str | gymnasium id the demonstrations come from (optional) |
 | `env` | () str | cvae environment name (optional) |
+| `env_kwargs` | () str | JSON of the keyword arguments the environment was made with, e.g. {"obs": "image"} (optional) |
 | `action_low`, `action_high` | (act_dim,) float | bounds of valid actions (optional; else the env's action space) |
 
 Only `observations`, `actions` and one of `episode_starts`/`episode_ids` are required, so
-demonstrations from elsewhere load the same way as collected ones.
+demonstrations from elsewhere load the same way as collected ones. Files with image observations
+are written compressed.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import json
 
 import numpy as np
 import torch
@@ -46,6 +50,7 @@ class Demos:
     modes: np.ndarray
     env_id: str = ""
     env: str = ""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
     action_low: np.ndarray | None = None
     action_high: np.ndarray | None = None
     mode_names: list[str] = field(default_factory=list)
@@ -66,9 +71,9 @@ class Demos:
     def validate(self, where: str = "demonstrations") -> Demos:
         """Check shapes, finiteness, episode structure and action bounds; raises cvae.CVAEError."""
         obs, act = self.observations, self.actions
-        if obs.ndim != 2 or act.ndim != 2:
-            raise cvae.CVAEError(f"{where}: observations and actions must be 2-D (steps, features); got shapes "
-                                 f"{obs.shape} and {act.shape}")
+        if obs.ndim not in (2, 4) or act.ndim != 2:
+            raise cvae.CVAEError(f"{where}: observations must be (steps, features) or images (steps, height, width, "
+                                 f"channels) and actions (steps, features); got shapes {obs.shape} and {act.shape}")
         if len(obs) != len(act):
             raise cvae.CVAEError(f"{where}: {len(obs)} observations but {len(act)} actions; each step needs one of each")
         if len(act) == 0:
@@ -76,11 +81,16 @@ class Demos:
         for name, arr in (("observations", obs), ("actions", act)):
             if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
                 raise cvae.CVAEError(f"{where}: {name} must be real numbers, got dtype {arr.dtype}")
-            bad = ~np.isfinite(arr.astype(np.float64))
+            if not np.issubdtype(arr.dtype, np.floating):
+                continue  # integers (image pixels) are always finite
+            bad = ~np.isfinite(arr.reshape(len(arr), -1))
             if bad.any():
                 rows = np.nonzero(bad.any(1))[0]
                 raise cvae.CVAEError(f"{where}: {name} contain NaN or infinite values ({len(rows)} steps, first at "
                                      f"step {int(rows[0])})")
+        if obs.ndim == 4 and (obs.min() < 0 or obs.max() > 255):
+            raise cvae.CVAEError(f"{where}: image observations must hold pixel values 0..255, got "
+                                 f"[{obs.min()}, {obs.max()}]")
         starts = self.episode_starts
         if starts.ndim != 1 or len(starts) == 0 or starts[0] != 0 or (np.diff(starts) <= 0).any() \
                 or starts[-1] >= len(act):
@@ -96,7 +106,7 @@ class Demos:
                 raise cvae.CVAEError(f"{where}: mode_probs must be {len(self.mode_names)} non-negative numbers, one "
                                      f"per mode name")
             self.mode_probs = p / p.sum()
-        space = _env_spaces(self.env_id) if self.env_id else None
+        space = _env_spaces(self.env_id, self.env_kwargs) if self.env_id else None
         if space is not None:
             obs_space, act_space = space
             if obs.shape[1:] != obs_space.shape or act.shape[1:] != act_space.shape:
@@ -117,13 +127,16 @@ class Demos:
         return self
 
 
-def _env_spaces(env_id: str) -> tuple[Any, Any] | None:
+def _env_spaces(env_id: str, env_kwargs: dict[str, Any] | None = None) -> tuple[Any, Any] | None:
     """Observation and action spaces of a registered gymnasium env, or None if it is not registered."""
     import gymnasium
 
     if env_id not in gymnasium.registry:
         return None
-    env = gymnasium.make(env_id)
+    try:
+        env = gymnasium.make(env_id, **(env_kwargs or {}))
+    except Exception as exc:  # a bad keyword or value from a file
+        raise cvae.CVAEError(f"cannot make {env_id} with {env_kwargs}: {type(exc).__name__}: {exc}") from None
     try:
         return env.observation_space, env.action_space
     finally:
@@ -137,9 +150,11 @@ def save_demos(demos: Demos, path: str | Path) -> Path:
     if path.suffix != ".npz":
         raise cvae.CVAEError(f"--out {path}: demonstrations are written as .npz")
     path.parent.mkdir(parents=True, exist_ok=True)
+    images = demos.observations.ndim == 4
     arrays: dict[str, Any] = {
         "format": np.array(FORMAT), "version": np.array(1),
-        "observations": demos.observations.astype(np.float32), "actions": demos.actions.astype(np.float32),
+        "observations": demos.observations if images else demos.observations.astype(np.float32),
+        "actions": demos.actions.astype(np.float32), "env_kwargs": np.array(json.dumps(demos.env_kwargs)),
         "episode_starts": demos.episode_starts.astype(np.int64), "episode_ids": demos.episode_ids.astype(np.int64),
         "modes": demos.modes.astype(np.int64), "env_id": np.array(demos.env_id), "env": np.array(demos.env),
         "mode_names": np.array(demos.mode_names, dtype=str),
@@ -150,7 +165,7 @@ def save_demos(demos: Demos, path: str | Path) -> Path:
         arrays["action_low"] = np.asarray(demos.action_low, dtype=np.float32)
         arrays["action_high"] = np.asarray(demos.action_high, dtype=np.float32)
     tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
+    (np.savez_compressed if images else np.savez)(tmp, **arrays)
     tmp.replace(path)
     return path
 
@@ -191,8 +206,14 @@ def load_demos(path: str | Path) -> Demos:
             raise cvae.CVAEError(f"{path}: episode_ids and episode_starts disagree")
     modes = np.asarray(data.get("modes", np.full(len(starts), -1))).astype(np.int64).reshape(-1)
     text = lambda k: str(data[k]) if k in data and data[k].ndim == 0 else ""  # noqa: E731
+    try:
+        env_kwargs = json.loads(text("env_kwargs") or "{}")
+    except json.JSONDecodeError:
+        env_kwargs = None
+    if not isinstance(env_kwargs, dict):
+        raise cvae.CVAEError(f"{path}: env_kwargs must be a JSON object of keyword arguments, got {text('env_kwargs')!r}")
     demos = Demos(observations=obs, actions=act, episode_starts=starts, modes=modes, env_id=text("env_id"),
-                  env=text("env"), action_low=data.get("action_low"), action_high=data.get("action_high"),
+                  env=text("env"), env_kwargs=env_kwargs, action_low=data.get("action_low"), action_high=data.get("action_high"),
                   mode_names=[str(n) for n in data.get("mode_names", np.array([], dtype=str)).reshape(-1)],
                   mode_probs=data.get("mode_probs"))
     if (demos.action_low is None) != (demos.action_high is None):
@@ -201,9 +222,10 @@ def load_demos(path: str | Path) -> Demos:
 
 
 def collect(env_name: str, episodes: int, seed: int = 0, expert_options: dict[str, Any] | None = None,
-            keep_failures: bool = False) -> tuple[Demos, dict[str, Any]]:
+            keep_failures: bool = False, env_kwargs: dict[str, Any] | None = None) -> tuple[Demos, dict[str, Any]]:
     """Roll the scripted expert of a registered environment for `episodes` successful episodes
-    (failures are dropped unless `keep_failures`). Returns the demonstrations and a summary."""
+    (failures are dropped unless `keep_failures`); `env_kwargs` make the environment (e.g.
+    `{"obs": "image"}`). Returns the demonstrations and a summary."""
     from .evaluate import make_env, resolve_env
 
     if int(episodes) < 1:
@@ -212,7 +234,8 @@ def collect(env_name: str, episodes: int, seed: int = 0, expert_options: dict[st
     expert = spec.build(options=expert_options, where=f"expert options of {spec.name!r}")
     if hasattr(expert, "reset"):
         expert.reset(seed)
-    env = make_env(spec.env_id)
+    env_kwargs = dict(env_kwargs or {})
+    env = make_env(spec.env_id, **env_kwargs)
     obs_rows, act_rows, starts, modes = [], [], [], []
     failures = attempts = 0
     while len(starts) < episodes:
@@ -232,12 +255,12 @@ def collect(env_name: str, episodes: int, seed: int = 0, expert_options: dict[st
             failures += 1
             continue
         starts.append(sum(len(o) for o in obs_rows))
-        obs_rows.append(np.array(ep_obs, dtype=np.float32))
+        obs_rows.append(np.array(ep_obs, dtype=env.observation_space.dtype))
         act_rows.append(np.array(ep_act, dtype=np.float32))
         modes.append(int(info.get("mode", -1)))
     names = list(env.unwrapped.mode_names()) if hasattr(env.unwrapped, "mode_names") else []
     demos = Demos(np.concatenate(obs_rows), np.concatenate(act_rows), np.array(starts, dtype=np.int64),
-                  np.array(modes, dtype=np.int64), env_id=spec.env_id, env=spec.name,
+                  np.array(modes, dtype=np.int64), env_id=spec.env_id, env=spec.name, env_kwargs=env_kwargs,
                   action_low=env.action_space.low.astype(np.float64), action_high=env.action_space.high.astype(np.float64),
                   mode_names=names, mode_probs=getattr(expert, "mode_probs", None))
     env.close()
@@ -248,9 +271,10 @@ def collect(env_name: str, episodes: int, seed: int = 0, expert_options: dict[st
 
 
 def load_bc_dataset(path: str, chunk: int = 1, test_fraction: float = 0.1, seed: int = 0) -> cvae.DataBundle:
-    """Demonstrations as a DataBundle: condition "obs" (the observation, through the "vector"
-    encoder), target the next `chunk` actions from each step, shape (chunk, act_dim); past an
-    episode's end the chunk repeats its last action. Whole episodes go to the test split."""
+    """Demonstrations as a DataBundle: condition "obs" (a vector observation through the "vector"
+    encoder, an image through "pixels", kept as uint8), target the next `chunk` actions from each
+    step, shape (chunk, act_dim); past an episode's end the chunk repeats its last action. Whole
+    episodes go to the test split."""
     if int(chunk) != chunk or chunk < 1:
         raise cvae.CVAEError(f"bc_demos: chunk must be an integer >= 1, got {chunk!r}")
     if not 0 < float(test_fraction) < 1:
@@ -271,15 +295,16 @@ def load_bc_dataset(path: str, chunk: int = 1, test_fraction: float = 0.1, seed:
     else:
         low, high = float(demos.actions.min()), float(demos.actions.max())
     target = cvae.TargetInfo(shape=(chunk, demos.actions.shape[1]), low=low, high=high)
-    cond = {"obs": cvae.ConditionInfo("vector", shape=(demos.observations.shape[1],))}
-    obs = torch.as_tensor(demos.observations, dtype=torch.float32)
+    images = demos.observations.ndim == 4
+    cond = {"obs": cvae.ConditionInfo("pixels" if images else "vector", shape=tuple(demos.observations.shape[1:]))}
+    obs = torch.as_tensor(demos.observations, dtype=torch.uint8 if images else torch.float32)
     y = torch.as_tensor(targets, dtype=torch.float32)
 
     def split(mask: np.ndarray, name: str) -> cvae.TensorData:
         idx = torch.as_tensor(np.nonzero(mask)[0])
         return cvae.TensorData(y[idx], {"obs": obs[idx]}, target, cond, name=f"bc_demos {name}")
 
-    extras = {"env": demos.env, "env_id": demos.env_id, "chunk": chunk, "mode_names": demos.mode_names,
+    extras = {"env": demos.env, "env_id": demos.env_id, "env_kwargs": demos.env_kwargs, "chunk": chunk, "mode_names": demos.mode_names,
               "episodes": demos.n_episodes, "test_episodes": n_test}
     return cvae.DataBundle("bc_demos", target, cond, split(~step_test, "train"), split(step_test, "test"), extras)
 

@@ -24,19 +24,29 @@ def mode_colour(mode: int) -> tuple[int, int, int]:
 
 
 class Canvas:
-    """An RGB image over the world rectangle [x0, x1] x [y0, y1] (y points up)."""
+    """An RGB image over the world rectangle [x0, x1] x [y0, y1] (y points up); `height` defaults to
+    the one that keeps the world's aspect ratio."""
 
-    def __init__(self, bounds: Sequence[float], width: int = 256, background: tuple[int, int, int] = (255, 255, 255)) -> None:
+    def __init__(self, bounds: Sequence[float], width: int = 256, background: tuple[int, int, int] = (255, 255, 255),
+                 height: int | None = None) -> None:
         self.x0, self.x1, self.y0, self.y1 = (float(b) for b in bounds)
         self.width = int(width)
-        self.height = max(1, int(round(width * (self.y1 - self.y0) / (self.x1 - self.x0))))
+        self.height = int(height) if height else max(1, int(round(width * (self.y1 - self.y0) / (self.x1 - self.x0))))
         self.scale = self.width / (self.x1 - self.x0)
+        self.scale_y = self.height / (self.y1 - self.y0)
         self.image = np.empty((self.height, self.width, 3), dtype=np.uint8)
         self.image[:] = background
         rows, cols = np.mgrid[0:self.height, 0:self.width]
         # world coordinates of every pixel centre
         self._wx = self.x0 + (cols + 0.5) / self.scale
-        self._wy = self.y1 - (rows + 0.5) / self.scale
+        self._wy = self.y1 - (rows + 0.5) / self.scale_y
+
+    def copy(self) -> Canvas:
+        """A canvas with a copy of this one's picture (the pixel grid is shared: it never changes)."""
+        out = Canvas.__new__(Canvas)
+        out.__dict__.update(self.__dict__)
+        out.image = self.image.copy()
+        return out
 
     def disc(self, centre: Sequence[float], radius: float, colour: tuple[int, int, int]) -> None:
         mask = (self._wx - centre[0]) ** 2 + (self._wy - centre[1]) ** 2 <= radius**2
@@ -54,12 +64,12 @@ class Canvas:
         if len(pts) == 1:
             pts = np.repeat(pts, 2, axis=0)
         seg = np.diff(pts, axis=0)
-        steps = np.maximum(1, np.ceil(np.abs(seg).max(1) * self.scale * 2)).astype(int)
+        steps = np.maximum(1, np.ceil(np.abs(seg).max(1) * max(self.scale, self.scale_y) * 2)).astype(int)
         t = np.concatenate([np.linspace(0, 1, s, endpoint=False) for s in steps] + [np.ones(1)])
         idx = np.concatenate([np.full(s, i) for i, s in enumerate(steps)] + [np.array([len(seg) - 1])])
         xy = pts[idx] + seg[idx] * t[:, None]
         cols = ((xy[:, 0] - self.x0) * self.scale).astype(int)
-        rows = ((self.y1 - xy[:, 1]) * self.scale).astype(int)
+        rows = ((self.y1 - xy[:, 1]) * self.scale_y).astype(int)
         half = max(0, thickness // 2)
         for dr in range(-half, thickness - half):
             for dc in range(-half, thickness - half):

@@ -13,7 +13,13 @@ with (x, y, vx, vy), the velocity being the last action (zero after a reset).
 
 `info` at every step holds `t`, `mode` (the route or visiting order as an index, once the episode
 has fixed it, else -1), `success`, `collision`, `switches` (how often the agent's committed choice
-flipped within one decision, see below) and `stage` (decisions taken so far).
+flipped within one decision, see below), `stage` (decisions taken so far) and `state` (the vector
+observation, which the scripted experts read: with image observations it is not in the observation).
+
+Image observations (`obs="image"`, `image_width=48`): the observation is an RGB picture of the scene
+(H, W, 3) uint8, W = `image_width` and H from the world's aspect ratio: obstacles, goals, the path
+so far (which carries the heading the vector observation gives as a velocity) and the agent. It is
+drawn 4x larger and averaged down, so that moves below a pixel still change the picture.
 
 Mode switches: within one decision (the obstacle ahead, or the next goal to visit), the agent is
 committed to a side of the obstacle once it is more than 0.05 to that side of its centre, or to a
@@ -37,7 +43,7 @@ import cvae
 from .draw import Canvas
 
 __all__ = ["ObstacleFieldEnv", "MultiGoalEnv", "ObstacleExpert", "MultiGoalExpert", "obstacle_layout", "ENV_IDS",
-           "register_envs", "check_action"]
+           "OBS_MODES", "register_envs", "check_action"]
 
 SPEED = 0.05  # world units per step at unit velocity
 START_NOISE = 0.03  # the start position is uniform in +-START_NOISE around the origin
@@ -50,6 +56,10 @@ HEADING_COS, HEADING_SPEED = 0.9, 0.3  # commitment to a goal
 TRACKING_GAIN = 3.0  # the obstacle expert steers back to its reference path with this gain
 GAP_HOLD = 0.1  # the obstacle expert goes straight up for this long past each gap
 START_SLOPE = 1.5  # the first leg leaves the start with 1.5 times its mean slope
+
+OBS_MODES = ("vector", "image")
+SUPERSAMPLE = 4  # image observations are drawn this much larger and averaged down
+PATH_COLOUR, AGENT_COLOUR = (60, 60, 200), (220, 30, 30)
 
 ENV_IDS = {"obstacle": "cvae/ObstacleField-v0", "obstacle_many": "cvae/ObstacleFieldMany-v0",
            "multigoal": "cvae/MultiGoal-v0"}
@@ -83,18 +93,29 @@ class _PointMass(gymnasium.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
 
     def __init__(self, bounds: tuple[float, float, float, float], extra_obs: int, max_steps: int,
-                 render_mode: str | None) -> None:
+                 render_mode: str | None, obs: str = "vector", image_width: int = 48) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise cvae.CVAEError(f"render_mode {render_mode!r} is not supported; use 'rgb_array' or None")
         if int(max_steps) < 1:
             raise cvae.CVAEError(f"max_steps must be >= 1, got {max_steps!r}")
+        if obs not in OBS_MODES:
+            raise cvae.CVAEError(f"obs must be one of {', '.join(OBS_MODES)}, got {obs!r}")
+        if not isinstance(image_width, (int, np.integer)) or not 8 <= image_width <= 256:
+            raise cvae.CVAEError(f"image_width must be an integer in 8..256, got {image_width!r}")
         self.bounds = bounds
         self.max_steps = int(max_steps)
         self.render_mode = render_mode
+        self.obs_mode = obs
         x0, x1, y0, y1 = bounds
         low = np.array([x0, y0, -1.0, -1.0] + [0.0] * extra_obs, dtype=np.float32)
         high = np.array([x1, y1, 1.0, 1.0] + [1.0] * extra_obs, dtype=np.float32)
-        self.observation_space = spaces.Box(low, high, dtype=np.float32)
+        self.state_space = spaces.Box(low, high, dtype=np.float32)
+        if obs == "image":
+            height = max(1, round(int(image_width) * (y1 - y0) / (x1 - x0)))
+            self.observation_space = spaces.Box(0, 255, (height, int(image_width), 3), dtype=np.uint8)
+        else:
+            self.observation_space = self.state_space
+        self._image_background: Canvas | None = None
         self.action_space = spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
         self.pos = np.zeros(2)
         self.vel = np.zeros(2)
@@ -135,15 +156,33 @@ class _PointMass(gymnasium.Env):
     def _base_obs(self) -> list[float]:
         return [*self.pos, *self.vel]
 
+    def _state(self) -> np.ndarray:  # pragma: no cover - overridden
+        """The vector observation."""
+        raise NotImplementedError
+
+    def _observation(self) -> np.ndarray:
+        return self._image() if self.obs_mode == "image" else self._state()
+
+    def _draw_agent(self, canvas: Canvas, thickness: int) -> Canvas:
+        canvas.polyline(np.array(self.path), PATH_COLOUR, thickness=thickness)
+        canvas.disc(self.pos, max(AGENT_RADIUS, 0.03), AGENT_COLOUR)
+        return canvas
+
+    def _image(self) -> np.ndarray:
+        """The image observation: the scene at SUPERSAMPLE times its size, averaged over blocks."""
+        f = SUPERSAMPLE
+        h, w, _ = self.observation_space.shape
+        if self._image_background is None:  # the scene without the agent never changes
+            self._image_background = self.background(w * f, h * f)
+        big = self._draw_agent(self._image_background.copy(), thickness=2).image
+        return big.reshape(h, f, w, f, 3).mean((1, 3)).round().astype(np.uint8)
+
     def render(self) -> np.ndarray | None:
         if self.render_mode != "rgb_array":
             return None
-        canvas = self.background()
-        canvas.polyline(np.array(self.path), (60, 60, 200), thickness=2)
-        canvas.disc(self.pos, max(AGENT_RADIUS, 0.03), (220, 30, 30))
-        return canvas.image
+        return self._draw_agent(self.background(), thickness=2).image
 
-    def background(self, width: int = 256) -> Canvas:  # pragma: no cover - overridden
+    def background(self, width: int = 256, height: int | None = None) -> Canvas:  # pragma: no cover - overridden
         raise NotImplementedError
 
     # -- mode bookkeeping --------------------------------------------------------------------------
@@ -179,12 +218,13 @@ class ObstacleFieldEnv(_PointMass):
     """Reach the goal band past `rows` rows of obstacles (2**rows routes); touching an obstacle ends
     the episode. Reward 1 on success, -1 on a collision, else 0."""
 
-    def __init__(self, rows: int = 1, max_steps: int | None = None, render_mode: str | None = None) -> None:
+    def __init__(self, rows: int = 1, max_steps: int | None = None, render_mode: str | None = None,
+                 obs: str = "vector", image_width: int = 48) -> None:
         self.layout = obstacle_layout(rows)
         self.rows = self.layout["rows"]
         hw = self.layout["half_width"]
         super().__init__((-hw, hw, -0.2, self.layout["goal_y"] + 0.2), 0,
-                         max_steps if max_steps is not None else 40 + 30 * self.rows, render_mode)
+                         max_steps if max_steps is not None else 40 + 30 * self.rows, render_mode, obs, image_width)
         self._all_obstacles = np.concatenate(self.layout["obstacles"])
 
     def mode_names(self) -> list[str]:
@@ -195,7 +235,7 @@ class ObstacleFieldEnv(_PointMass):
         self._start()
         self.gaps: list[int] = []
         self.collision = self.success = False
-        return self._obs(), self._info()
+        return self._observation(), self._info()
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
         if self.collision or self.success:
@@ -222,7 +262,7 @@ class ObstacleFieldEnv(_PointMass):
         terminated = self.collision or self.success
         truncated = not terminated and self.t >= self.max_steps
         reward = 1.0 if self.success else -1.0 if self.collision else 0.0
-        return self._obs(), reward, terminated, truncated, self._info()
+        return self._observation(), reward, terminated, truncated, self._info()
 
     def route(self) -> int:
         """The route index of the gaps passed so far, or -1 before the last row or off the expert routes."""
@@ -236,15 +276,15 @@ class ObstacleFieldEnv(_PointMass):
             route, prev = route * 2 + bit, g
         return route
 
-    def _obs(self) -> np.ndarray:
+    def _state(self) -> np.ndarray:
         return np.array(self._base_obs(), dtype=np.float32)
 
     def _info(self) -> dict[str, Any]:
         return {"t": self.t, "mode": self.route(), "success": self.success, "collision": self.collision,
-                "switches": self.switches, "stage": len(self.gaps)}
+                "switches": self.switches, "stage": len(self.gaps), "state": self._state()}
 
-    def background(self, width: int = 256) -> Canvas:
-        canvas = Canvas(self.bounds, width)
+    def background(self, width: int = 256, height: int | None = None) -> Canvas:
+        canvas = Canvas(self.bounds, width, height=height)
         x0, x1, _, y1 = self.bounds
         canvas.rect(x0, self.layout["goal_y"], x1, y1, (200, 240, 200))
         for c in self._all_obstacles:
@@ -257,14 +297,16 @@ class MultiGoalEnv(_PointMass):
     """Visit `goals` goals (on a circle of radius 0.6 around the start) in any order; the episode
     succeeds when all are visited. Reward 1 per new goal."""
 
-    def __init__(self, goals: int = 3, max_steps: int | None = None, render_mode: str | None = None) -> None:
+    def __init__(self, goals: int = 3, max_steps: int | None = None, render_mode: str | None = None,
+                 obs: str = "vector", image_width: int = 48) -> None:
         if int(goals) != goals or not 2 <= goals <= 5:
             raise cvae.CVAEError(f"MultiGoal takes 2 to 5 goals, got {goals!r}")
         self.k = int(goals)
         angles = [math.pi / 2 + 2 * math.pi * i / self.k for i in range(self.k)]
         self.goals = np.array([[GOAL_DISTANCE * math.cos(a), GOAL_DISTANCE * math.sin(a)] for a in angles])
         self.orders = list(itertools.permutations(range(self.k)))
-        super().__init__((-1.0, 1.0, -1.0, 1.0), self.k, max_steps if max_steps is not None else 50 * self.k, render_mode)
+        super().__init__((-1.0, 1.0, -1.0, 1.0), self.k, max_steps if max_steps is not None else 50 * self.k, render_mode,
+                         obs, image_width)
 
     def mode_names(self) -> list[str]:
         return ["".join("ABCDE"[i] for i in order) for order in self.orders]
@@ -273,7 +315,7 @@ class MultiGoalEnv(_PointMass):
         super().reset(seed=seed)
         self._start()
         self.order: list[int] = []
-        return self._obs(), self._info()
+        return self._observation(), self._info()
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
         if len(self.order) == self.k:
@@ -295,19 +337,19 @@ class MultiGoalEnv(_PointMass):
             self._track(stage, choice)
         terminated = stage == self.k
         truncated = not terminated and self.t >= self.max_steps
-        return self._obs(), float(len(new)), terminated, truncated, self._info()
+        return self._observation(), float(len(new)), terminated, truncated, self._info()
 
-    def _obs(self) -> np.ndarray:
+    def _state(self) -> np.ndarray:
         visited = [1.0 if i in self.order else 0.0 for i in range(self.k)]
         return np.array(self._base_obs() + visited, dtype=np.float32)
 
     def _info(self) -> dict[str, Any]:
         done = len(self.order) == self.k
         return {"t": self.t, "mode": self.orders.index(tuple(self.order)) if done else -1, "success": done,
-                "collision": False, "switches": self.switches, "stage": len(self.order)}
+                "collision": False, "switches": self.switches, "stage": len(self.order), "state": self._state()}
 
-    def background(self, width: int = 256) -> Canvas:
-        canvas = Canvas(self.bounds, width)
+    def background(self, width: int = 256, height: int | None = None) -> Canvas:
+        canvas = Canvas(self.bounds, width, height=height)
         for g in self.goals:
             canvas.disc(g, GOAL_RADIUS, (200, 240, 200))
         canvas.disc((0.0, 0.0), START_NOISE * 1.5, (230, 200, 120))
@@ -331,7 +373,8 @@ def _mode_probs(probs: Sequence[float] | None, n: int, what: str) -> np.ndarray:
 class _Expert:
     """A scripted expert: `expert(observation, info) -> action`. It draws the episode's mode when it
     sees `info["t"] == 0` (a reset) from `probs`, then follows it; `mode` is that draw and
-    `mode_probs` the distribution it comes from. `noise` is the std of Gaussian action noise."""
+    `mode_probs` the distribution it comes from. `noise` is the std of Gaussian action noise. It reads
+    the vector state from `info["state"]` when there is one (image observations), else the observation."""
 
     def __init__(self, n_modes: int, probs: Sequence[float] | None, noise: float, seed: int | None, what: str) -> None:
         if not 0 <= float(noise) <= 1:
@@ -348,7 +391,7 @@ class _Expert:
     def __call__(self, observation: np.ndarray, info: dict[str, Any]) -> np.ndarray:
         if info.get("t", 0) == 0 or self.mode < 0:
             self.mode = int(self.rng.choice(len(self.mode_probs), p=self.mode_probs))
-        d = self._direction(np.asarray(observation, dtype=np.float64))
+        d = self._direction(np.asarray(info["state"] if "state" in info else observation, dtype=np.float64))
         a = d / max(float(np.linalg.norm(d)), 1e-9)
         if self.noise > 0:
             a = a + self.rng.normal(0.0, self.noise, size=2)

@@ -22,6 +22,9 @@ takes the mean of the most probable one). For the mixture-density head the noise
 number that picks the component, whose mean is the action (low-noise evaluation, as robomimic's
 BC-GMM), and `zero` takes the most probable component. MSE has no noise. `execute` overrides how
 many actions of each predicted chunk are run before the next query.
+
+Image observations (H, W, C) go through the `pixels` condition encoder (cvae_bc.pixels): the CVAE's
+condition features, and the first layers of the MSE and mixture-density heads.
 """
 
 from __future__ import annotations
@@ -65,6 +68,21 @@ CVAE_CONFIG: dict[str, Any] = {
 }
 
 
+def observation_encoder(obs_shape: int | Sequence[int]) -> nn.Module:
+    """The heads' first layers: nothing for a vector observation, the `pixels` encoder for an image;
+    `out_features` is the width it gives."""
+    from .pixels import PixelEncoder
+
+    shape = (int(obs_shape),) if isinstance(obs_shape, (int, np.integer)) else tuple(int(s) for s in obs_shape)
+    if len(shape) == 3:
+        return PixelEncoder(cvae.ConditionInfo("pixels", shape=shape))
+    if len(shape) != 1:
+        raise cvae.CVAEError(f"observations must be vectors or images (height, width, channels), got shape {shape}")
+    encoder = nn.Flatten()
+    encoder.out_features = shape[0]
+    return encoder
+
+
 def _mlp(inputs: int, hidden: Sequence[int], outputs: int) -> nn.Sequential:
     layers: list[nn.Module] = []
     for h in hidden:
@@ -75,15 +93,16 @@ def _mlp(inputs: int, hidden: Sequence[int], outputs: int) -> nn.Sequential:
 
 
 class MLPRegressor(nn.Module):
-    """obs -> action chunk, trained with mean squared error."""
+    """obs -> action chunk, trained with mean squared error. `obs` is the observation's size or shape."""
 
-    def __init__(self, obs_dim: int, chunk_shape: Sequence[int], hidden: Sequence[int] = (256, 256)) -> None:
+    def __init__(self, obs: int | Sequence[int], chunk_shape: Sequence[int], hidden: Sequence[int] = (256, 256)) -> None:
         super().__init__()
         self.chunk_shape = tuple(int(s) for s in chunk_shape)
-        self.net = _mlp(obs_dim, hidden, math.prod(self.chunk_shape))
+        self.encoder = observation_encoder(obs)
+        self.net = _mlp(self.encoder.out_features, hidden, math.prod(self.chunk_shape))
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.net(obs).view(len(obs), *self.chunk_shape)
+        return self.net(self.encoder(obs)).view(len(obs), *self.chunk_shape)
 
     def loss(self, obs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(self(obs), y, reduction="none").flatten(1).sum(1).mean()
@@ -101,7 +120,7 @@ class MixtureDensity(nn.Module):
     that one broad component cannot cover two modes and put its mean between them, and the
     components start from different means."""
 
-    def __init__(self, obs_dim: int, chunk_shape: Sequence[int], hidden: Sequence[int] = (256, 256),
+    def __init__(self, obs: int | Sequence[int], chunk_shape: Sequence[int], hidden: Sequence[int] = (256, 256),
                  components: int = 5, min_log_std: float = -5.0, max_log_std: float = -1.6) -> None:
         super().__init__()
         if int(components) < 1:
@@ -109,12 +128,13 @@ class MixtureDensity(nn.Module):
         self.chunk_shape = tuple(int(s) for s in chunk_shape)
         self.k, self.d = int(components), math.prod(self.chunk_shape)
         self.lo, self.hi = float(min_log_std), float(max_log_std)
-        self.net = _mlp(obs_dim, hidden, self.k * (1 + 2 * self.d))
+        self.encoder = observation_encoder(obs)
+        self.net = _mlp(self.encoder.out_features, hidden, self.k * (1 + 2 * self.d))
         with torch.no_grad():  # distinct starting means, spread over the action range
             self.net[-1].bias[self.k:].view(self.k, 2, self.d)[:, 0].uniform_(-1.0, 1.0)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        out = self.net(obs)
+        out = self.net(self.encoder(obs))
         logits = out[:, :self.k]
         mean, raw = out[:, self.k:].view(len(obs), self.k, 2, self.d).unbind(2)
         log_std = self.lo + (self.hi - self.lo) * torch.sigmoid(raw)
@@ -168,13 +188,15 @@ class _CVAEPredictor(nn.Module):
 
 
 class Policy:
-    """`act(obs)` for a gymnasium loop: one observation (obs_dim,) gives one action (act_dim,); a
-    batch (n, obs_dim) of parallel episodes gives (n, act_dim). Call `reset()` when an episode starts
-    (a batch of another size resets too). Actions are clipped to the action space."""
+    """`act(obs)` for a gymnasium loop: one observation (a vector (obs_dim,) or an image (H, W, C))
+    gives one action (act_dim,); a batch (n, ...) of parallel episodes gives (n, act_dim). Call
+    `reset()` when an episode starts (a batch of another size resets too). Actions are clipped to the
+    action space. `env_kwargs` are the keyword arguments the demonstrations' environment was made
+    with (e.g. `{"obs": "image", "image_width": 48}`): make yours the same way."""
 
     def __init__(self, head: nn.Module, *, chunk: int, low: np.ndarray, high: np.ndarray, z: str = "step",
                  execute: int | None = None, seed: int | None = None, name: str = "", device: str = "cpu",
-                 obs_dim: int | None = None) -> None:
+                 obs_shape: Sequence[int] | None = None, env_kwargs: Mapping[str, Any] | None = None) -> None:
         if z not in Z_RULES:
             raise cvae.CVAEError(f"unknown z rule {z!r}; allowed: {', '.join(Z_RULES)}")
         self.device = torch.device(device)
@@ -184,7 +206,8 @@ class Policy:
         if not 1 <= self.execute <= self.chunk:
             raise cvae.CVAEError(f"execute must be in 1..{self.chunk} (the chunk length), got {execute!r}")
         self.low, self.high = np.asarray(low, dtype=np.float32), np.asarray(high, dtype=np.float32)
-        self.obs_dim = obs_dim
+        self.obs_shape = None if obs_shape is None else tuple(int(s) for s in obs_shape)
+        self.env_kwargs = dict(env_kwargs or {})
         self.generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
         self.n = 0
         self.reset(1)
@@ -201,14 +224,31 @@ class Policy:
     def _draw(self, n: int) -> torch.Tensor | None:
         return None if self.z == "zero" else self.head.noise(n, self.generator)
 
+    def _check(self, obs: np.ndarray) -> tuple[np.ndarray, bool]:
+        """The observations as a batch, and whether a single one was given; a clear error otherwise."""
+        shape = self.obs_shape
+        if shape is None:  # only the rank is known: a vector
+            single = obs.ndim == 1
+            if obs.ndim not in (1, 2):
+                raise cvae.CVAEError(f"observations must be (obs_dim,) or (n, obs_dim), got shape {obs.shape}")
+            return (obs[None] if single else obs), single
+        if obs.shape == shape or obs.shape[1:] == shape:
+            single = obs.shape == shape
+            return (obs[None] if single else obs), single
+        kind = "images (height, width, channels)" if len(shape) == 3 else "vectors"
+        hint = ""
+        if len(shape) == 3:
+            hint = (f"; make the environment with {', '.join(f'{k}={v!r}' for k, v in self.env_kwargs.items())}"
+                    if self.env_kwargs else "; make the environment with obs='image'")
+        elif obs.ndim >= 3:
+            hint = "; this policy was trained on vector observations (obs='vector')"
+        raise cvae.CVAEError(f"observations must be {shape} or (n, {', '.join(map(str, shape))}): this policy takes "
+                             f"{kind}; got shape {obs.shape}{hint}")
+
     @torch.no_grad()
     def act(self, obs: Any) -> np.ndarray:
         obs = np.asarray(obs, dtype=np.float32)
-        single = obs.ndim == 1
-        batch = obs[None] if single else obs
-        if batch.ndim != 2 or (self.obs_dim is not None and batch.shape[1] != self.obs_dim):
-            raise cvae.CVAEError(f"observations must be ({self.obs_dim or 'obs_dim'},) or (n, {self.obs_dim or 'obs_dim'}), "
-                                 f"got shape {obs.shape}")
+        batch, single = self._check(obs)
         if not np.isfinite(batch).all():
             raise cvae.CVAEError("observations contain NaN or infinite values")
         if len(batch) != self.n:
@@ -307,7 +347,9 @@ def train_policies(demos_path: str | Path, out: str | Path, *, policies: Sequenc
                              f"another --out")
     out.mkdir(parents=True, exist_ok=True)
     info = {"format": "cvae-bc-run", "demos": demos_path, "env": demos.env, "env_id": demos.env_id,
-            "chunk": int(chunk), "obs_dim": int(demos.observations.shape[1]), "act_dim": int(demos.actions.shape[1]),
+            "chunk": int(chunk), "obs_shape": list(demos.observations.shape[1:]),
+            "obs_dim": int(math.prod(demos.observations.shape[1:])), "act_dim": int(demos.actions.shape[1]),
+            "env_kwargs": demos.env_kwargs,
             "action_low": np.asarray(demos.action_low if demos.action_low is not None else demos.actions.min(0)).tolist(),
             "action_high": np.asarray(demos.action_high if demos.action_high is not None else demos.actions.max(0)).tolist(),
             "mode_names": demos.mode_names,
@@ -341,7 +383,8 @@ def train_policies(demos_path: str | Path, out: str | Path, *, policies: Sequenc
             if resume and model_path.exists():
                 log(f"  {name} is already trained; kept")
                 continue
-            head = _build_head(settings, info["obs_dim"], (int(chunk), info["act_dim"]))
+            torch.manual_seed(seed)  # the head's initial weights, whatever ran before in this process
+            head = _build_head(settings, _obs_shape(info), (int(chunk), info["act_dim"]))
             results[name] = fit_head(head, bundle, epochs=head_epochs, seed=seed, log=log)
             where.mkdir(parents=True, exist_ok=True)
             tmp = model_path.with_suffix(".tmp")
@@ -353,11 +396,16 @@ def train_policies(demos_path: str | Path, out: str | Path, *, policies: Sequenc
     return results
 
 
-def _build_head(settings: Mapping[str, Any], obs_dim: int, chunk_shape: tuple[int, int]) -> nn.Module:
+def _obs_shape(info: Mapping[str, Any]) -> tuple[int, ...]:
+    """The observation shape of a run (runs from before image observations record only obs_dim)."""
+    return tuple(info.get("obs_shape") or [info["obs_dim"]])
+
+
+def _build_head(settings: Mapping[str, Any], obs_shape: Sequence[int], chunk_shape: tuple[int, int]) -> nn.Module:
     if settings["kind"] == "mse":
-        return MLPRegressor(obs_dim, chunk_shape)
+        return MLPRegressor(obs_shape, chunk_shape)
     if settings["kind"] == "mdn":
-        return MixtureDensity(obs_dim, chunk_shape, components=int(settings.get("components", 5)))
+        return MixtureDensity(obs_shape, chunk_shape, components=int(settings.get("components", 5)))
     raise cvae.CVAEError(f"unknown policy kind {settings['kind']!r}")
 
 
@@ -397,10 +445,11 @@ def load_policy(run_dir: str | Path, name: str = "cvae_learned", *, z: str = "st
             raise cvae.CVAEError(f"{path} does not exist; train the policy with `cvae bc train`") from None
         except Exception as exc:  # torch raises many types for bad files
             raise cvae.CVAEError(f"{path} is corrupt or not a policy file ({type(exc).__name__})") from None
-        head = _build_head(settings, info["obs_dim"], (info["chunk"], info["act_dim"]))
+        head = _build_head(settings, _obs_shape(info), (info["chunk"], info["act_dim"]))
         try:
             head.load_state_dict(state["state"])
         except (KeyError, RuntimeError, TypeError) as exc:
             raise cvae.CVAEError(f"{path} does not fit policy {name!r}: {str(exc).splitlines()[0]}") from None
     return Policy(head, chunk=info["chunk"], low=np.array(info["action_low"]), high=np.array(info["action_high"]),
-                  z=z, execute=execute, seed=seed, name=name, device=device, obs_dim=info["obs_dim"])
+                  z=z, execute=execute, seed=seed, name=name, device=device, obs_shape=_obs_shape(info),
+                  env_kwargs=info.get("env_kwargs"))
