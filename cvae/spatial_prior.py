@@ -72,6 +72,7 @@ class PixelCNNPrior(Prior):
         with torch.no_grad():
             self.head.bias.zero_()
             self.head.bias[self.k:self.k * (1 + latent_dim)] = 0.5 * torch.randn(self.k * latent_dim) * (self.k > 1)
+            self.head.bias[self.k * (1 + latent_dim):] = math.log(math.expm1(-self.min_logvar)) + self.min_logvar
 
     def _check(self, z: torch.Tensor) -> None:
         if z.ndim != 4 or z.shape[1] != self.latent_dim:

@@ -1,5 +1,7 @@
-"""`cvae compare`: the same data and settings trained with each prior (and, optionally, the deterministic
-baseline), evaluated alike, printed as one table. `cvae pictures`: interpolations and completions of a run."""
+"""`cvae compare`: the same data and settings trained with each prior, or as each named variant (a set of
+overrides: architecture, prior...), and optionally the deterministic baseline, evaluated alike, printed
+as one table, with the variants' sample grids side by side. `cvae pictures`: interpolations and
+completions of a run."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ import argparse
 import copy
 import inspect
 import json
+import re
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -30,6 +34,8 @@ COLUMNS = (  # (heading, eval.json key, format)
     ("sample acc", "sample_accuracy", "{:.1%}"),
     ("diversity", "diversity_ratio", "{:.2f}"),
     ("Frechet ratio", "frechet_ratio", "{:.2f}"),
+    ("nbr corr", "neighbour_corr", "{:.2f}"),
+    ("prior nbr corr", "prior_neighbour_corr", "{:.2f}"),
     ("train s", "train_seconds", "{:.0f}"),
 )
 
@@ -60,6 +66,37 @@ def _prior_options(prior: str, options: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in options.items() if k in params}
 
 
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    """`"NAME KEY=VALUE ..."` -> (NAME, overrides); NAME becomes a directory, so it is kept plain."""
+    try:
+        parts = shlex.split(text)
+    except ValueError as exc:
+        raise cvae.CVAEError(f"--variant {text!r}: {exc}") from exc
+    if not parts or not re.fullmatch(r"[A-Za-z0-9_.+-]+", parts[0]) or "=" in parts[0]:
+        raise cvae.CVAEError(f"--variant {text!r}: expected a name (letters, digits, _.+-) followed by KEY=VALUE "
+                             f"overrides, e.g. --variant 'fcn-pixelcnn model.architecture=fcn model.prior=pixelcnn'")
+    return parts[0], parts[1:]
+
+
+def side_by_side(images: list[tuple[str, Path]], path: Path) -> Path | None:
+    """The PNGs `images` (caption, file) in one row, each under its caption; None when none exists."""
+    from PIL import Image, ImageDraw
+
+    tiles = [(name, Image.open(f).convert("RGB")) for name, f in images if f.is_file()]
+    if not tiles:
+        return None
+    caption, gap = 16, 8
+    width = sum(t.width for _, t in tiles) + gap * (len(tiles) - 1)
+    out = Image.new("RGB", (width, caption + max(t.height for _, t in tiles)), "white")
+    draw, x = ImageDraw.Draw(out), 0
+    for name, tile in tiles:
+        draw.text((x + 2, 2), name, fill="black")
+        out.paste(tile, (x, caption))
+        x += tile.width + gap
+    out.save(path)
+    return path
+
+
 def _train_seconds(run_dir: Path) -> float:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return float(sum(r.get("seconds", 0.0) for r in rows))
@@ -77,25 +114,41 @@ class CompareCommand:
         parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                             help="override one key (repeatable; values are TOML)")
         parser.add_argument("--out", type=Path, required=True, help="directory for the runs and compare.json")
-        parser.add_argument("--priors", default="standard,learned", help="comma-separated priors (default: %(default)s)")
+        parser.add_argument("--priors", default=None, help="comma-separated priors (default: standard,learned)")
+        parser.add_argument("--variant", dest="variants", action="append", default=[], metavar="'NAME KEY=VALUE ...'",
+                            help="a named variant: the config plus these overrides (repeatable; replaces --priors), "
+                                 "e.g. --variant 'fcn-pixelcnn model.architecture=fcn model.prior=pixelcnn'; "
+                                 "their sample grids are also written side by side to OUT/samples.png")
         parser.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
                             help="also train the deterministic baseline (z = 0); default: on for completion datasets")
         parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
 
     def run(self, args: argparse.Namespace) -> int:
         base = config_mod.load_config(args.config, args.overrides)
-        priors = [p.strip() for p in args.priors.split(",") if p.strip()]
-        if not priors:
-            raise cvae.CVAEError("--priors: name at least one prior")
-        for p in priors:
-            cvae.get_registry().get("prior", p)
-        rows: list[tuple[str, dict[str, Any]]] = []
-        for prior in priors:
-            cfg = copy.deepcopy(base)
-            cfg["model"]["prior"] = prior
-            cfg["model"]["prior_options"] = _prior_options(prior, base["model"]["prior_options"])
+        if args.variants and args.priors is not None:
+            raise cvae.CVAEError("give either --priors or --variant, not both (a variant can set model.prior)")
+        variants = [parse_variant(v) for v in args.variants]
+        if not variants:
+            priors = [p.strip() for p in (args.priors or "standard,learned").split(",") if p.strip()]
+            if not priors:
+                raise cvae.CVAEError("--priors: name at least one prior")
+            variants = [(prior, [f"model.prior={prior!r}"]) for prior in priors]
+        names = [name for name, _ in variants]
+        if len(set(names)) != len(names):
+            raise cvae.CVAEError(f"--variant: names must differ, got {names}")
+        configs = []
+        for name, overrides in variants:
+            cfg = config_mod.apply_overrides(copy.deepcopy(base), overrides)
+            prior = cfg["model"]["prior"]
+            cvae.get_registry().get("prior", prior)
+            if not any(o.split("=", 1)[0].strip().startswith("model.prior_options") for o in overrides):
+                cfg["model"]["prior_options"] = _prior_options(prior, cfg["model"]["prior_options"])
             config_mod.validate(cfg)
-            rows.append((f"prior={prior}", self._run_one(cfg, args.out / prior)))
+            configs.append(cfg)  # every variant is checked before any trains
+        rows: list[tuple[str, dict[str, Any]]] = []
+        for (name, _), cfg in zip(variants, configs):
+            label = name if args.variants else f"prior={name}"
+            rows.append((label, self._run_one(cfg, args.out / name, label)))
         data = cvae.load_data(base)
         deterministic = args.deterministic if args.deterministic is not None else completion_info(data) is not None
         if deterministic:
@@ -105,10 +158,14 @@ class CompareCommand:
         print(f"{data.name}: {len(data.train)} training and {len(data.test)} test examples; every figure on the "
               f"test split, nats per example")
         print(format_table(rows, markdown=args.markdown))
+        if args.variants:
+            picture = side_by_side([(name, args.out / name / "samples.png") for name in names], args.out / "samples.png")
+            if picture is not None:
+                print(f"sample grids side by side: {picture}")
         return 0
 
     @staticmethod
-    def _run_one(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
+    def _run_one(cfg: dict[str, Any], out: Path, label: str) -> dict[str, Any]:
         from cvae.train import Trainer
 
         done = out / "eval.json"
@@ -116,7 +173,7 @@ class CompareCommand:
             if json.loads((out / "config.json").read_text()) == cfg:
                 print(f"cvae compare: reusing {out}", file=sys.stderr)
                 return {**json.loads(done.read_text()), "train_seconds": _train_seconds(out)}
-        print(f"cvae compare: training model.prior={cfg['model']['prior']!r} -> {out}", file=sys.stderr)
+        print(f"cvae compare: training {label} -> {out}", file=sys.stderr)
         cfg = copy.deepcopy(cfg)
         cfg["eval"]["at_end"] = True
         metrics = Trainer(cfg, out).fit()
