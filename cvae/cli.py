@@ -59,20 +59,24 @@ def _parser() -> tuple[argparse.ArgumentParser, Any]:
     return parser, sub
 
 
-def _plugin_commands() -> dict[str, object]:
+BUILT_IN = ("train", "sample", "eval", "doctor", "plugins")
+
+
+def _plugin_commands(argv: Sequence[str]) -> dict[str, object]:
     """Subcommands that plugins register (`cvae_commands`), built once per invocation."""
     from .plugins import get_registry
 
     try:
         return {spec.name: spec.factory() for spec in get_registry().specs("command")}
     except CVAEError as exc:  # a broken plugin must not take `cvae plugins` down with it
-        print(f"cvae: warning: plugin commands unavailable: {exc}", file=sys.stderr)
+        if next((a for a in argv if not a.startswith("-")), None) not in BUILT_IN:  # else that command says it
+            print(f"cvae: warning: plugin commands unavailable: {exc}", file=sys.stderr)
         return {}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser, sub = _parser()
-    commands = _plugin_commands()
+    commands = _plugin_commands(sys.argv[1:] if argv is None else argv)
     handlers = {"train": _train, "sample": _sample, "eval": _eval, "doctor": _doctor, "plugins": _plugins}
     for name, command in commands.items():
         if name in handlers:
@@ -105,9 +109,11 @@ def _train(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / cfg["data"]["name"]
     trainer = Trainer(cfg, out, resume=args.resume)
     where = "resuming at" if args.resume else "starting"
+    epochs = trainer.config["train"]["epochs"]
+    position = f"epoch {trainer.epoch + 1}/{epochs}" if trainer.epoch < epochs else f"the end of epoch {epochs}/{epochs}"
     ranks = f" (rank {trainer.dist.rank} of {trainer.dist.world_size})" if trainer.dist.distributed else ""
-    print(f"cvae train: {where} epoch {trainer.epoch + 1}/{trainer.config['train']['epochs']} of "
-          f"{trainer.config['data']['name']} on {trainer.device}{ranks} -> {out}", file=sys.stderr)
+    print(f"cvae train: {where} {position} of {trainer.config['data']['name']} on {trainer.device}{ranks} -> {out}",
+          file=sys.stderr)
     try:
         metrics = trainer.fit()
     except KeyboardInterrupt:

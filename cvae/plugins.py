@@ -17,7 +17,7 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .errors import PluginError
+from .errors import CVAEError, PluginError
 from .registry import Registry
 
 __all__ = ["hookimpl", "PluginRecord", "PluginFailure", "get_plugin_manager", "get_registry", "register_plugin", "reset"]
@@ -117,7 +117,7 @@ def _load_entry_points(state: _State) -> None:
             continue
         try:
             _add(state, ep.load(), ep.name, dist, version)
-        except Exception as exc:  # any import-time error of a plugin is reported, never fatal by default
+        except (Exception, SystemExit) as exc:  # any import-time error (even sys.exit) is reported, never fatal by default
             reason = str(exc) if isinstance(exc, PluginError) else f"{type(exc).__name__}: {exc}"
             if strict:
                 raise PluginError(f"plugin {ep.name!r} from {dist} failed to load: {reason}") from exc
@@ -183,5 +183,24 @@ def reset() -> None:
 
 
 def call_hook(name: str, **kwargs: Any) -> list[Any]:
-    """Call a lifecycle hook on every plugin."""
-    return getattr(get_plugin_manager().hook, name)(**kwargs)
+    """Call a lifecycle hook on every plugin. A plugin's exception becomes a PluginError that names the plugin
+    (cvae's own errors and KeyboardInterrupt pass unchanged); the try costs nothing while nothing is raised."""
+    hook = getattr(get_plugin_manager().hook, name)
+    try:
+        return hook(**kwargs)
+    except CVAEError:
+        raise
+    except Exception as exc:  # a plugin's bug must not look like ours, nor end in a bare traceback
+        raise PluginError(f"plugin {_culprit(hook, exc)!r} raised in {name}: {exc!r}") from exc
+
+
+def _culprit(hook: Any, exc: BaseException) -> str:
+    """The plugin whose hook implementation is on `exc`'s traceback."""
+    owners = {impl.function.__code__: impl.plugin_name for impl in hook.get_hookimpls()
+              if hasattr(impl.function, "__code__")}
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code in owners:
+            return owners[tb.tb_frame.f_code]
+        tb = tb.tb_next
+    return "?"
