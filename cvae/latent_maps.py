@@ -4,10 +4,11 @@ flaw of a factorised prior over fully-convolutional latents.
 `neighbour_correlation(maps)` is the Pearson correlation, across examples and positions, between a
 latent channel at one position and the same channel at its right and lower neighbours, averaged over
 the channels that vary across the data (active: variance of the posterior mean above 0.01; collapsed
-channels are constant noise and say nothing). The `latent_maps` metric reports it for the posterior
-means of the test split (`neighbour_corr`: the aggregate posterior's dependence) and for draws from the
-prior for the same conditions (`prior_neighbour_corr`: 0 for N(0, I) by construction; a prior that
-fits the aggregate posterior should come close to `neighbour_corr`).
+channels are constant noise and say nothing). The `latent_maps` metric reports it on the test split
+for the posterior means (`neighbour_corr`: the aggregate posterior's dependence), for posterior draws
+z ~ q(z | x, y) (`neighbour_corr_q`: the posterior noise dilutes it) and for prior draws z ~ p(z | x)
+for the same conditions (`neighbour_corr_prior`: 0 for N(0, I) by construction; a prior that fits the
+aggregate posterior should come close to `neighbour_corr_q`).
 """
 
 from __future__ import annotations
@@ -52,17 +53,20 @@ def _latent_map_metric(context: EvalContext) -> dict[str, float] | None:
     was_training = model.training
     model.eval()
     try:
-        means, draws = [], []
+        means, q_draws, p_draws = [], [], []
         for conds, y in iterate_batches(context.data.test, CHUNK, device=context.device):
             h = model.features(conds, len(y))
-            means.append(model.posterior(y, h)[0])
-            draws.append(model.prior.sample(h))
+            mu, logvar = model.posterior(y, h)
+            means.append(mu)
+            q_draws.append(mu + torch.exp(0.5 * logvar) * torch.randn_like(mu))
+            p_draws.append(model.prior.sample(h))
     finally:
         model.train(was_training)
-    means_all, draws_all = torch.cat(means), torch.cat(draws)
+    means_all = torch.cat(means)
     active = means_all.transpose(0, 1).flatten(1).var(1) > ACTIVE_THRESHOLD
     return {"neighbour_corr": neighbour_correlation(means_all, active),
-            "prior_neighbour_corr": neighbour_correlation(draws_all, active),
+            "neighbour_corr_q": neighbour_correlation(torch.cat(q_draws), active),
+            "neighbour_corr_prior": neighbour_correlation(torch.cat(p_draws), active),
             "active_channels": int(active.sum())}
 
 

@@ -245,18 +245,51 @@ def test_neighbour_correlation():
 # -- one command ---------------------------------------------------------------------------------
 
 
-def test_compare_variants_side_by_side(fresh_plugins, capsys, tmp_path):
-    sets = ["train.epochs=1", "train.progress=false", "eval.iwae_samples=2", "model.likelihood=bernoulli",
-            "model.likelihood_options={}", "model.latent_dim=2", "data.options={test_fraction=0.1}"]
-    args = ["compare", "--out", str(tmp_path / "cmp"), *(x for s in sets for x in ("--set", s)),
-            "--variant", "conv model.architecture=conv model.architecture_options={channels=[4,8],fc=16} model.prior=standard",
+VARIANTS = ["--variant", "conv model.architecture=conv model.architecture_options={channels=[4,8],fc=16} model.prior=standard",
             "--variant", "fcn-standard model.architecture=fcn model.architecture_options={channels=[8]} model.prior=standard",
             "--variant", "fcn-pixelcnn model.architecture=fcn model.architecture_options={channels=[8]} "
                          "model.prior=pixelcnn model.prior_options={hidden=8,layers=2}"]
+TINY = ["train.epochs=1", "data.batch_size=256", "train.progress=false", "eval.iwae_samples=2", "model.likelihood=bernoulli",
+        "model.likelihood_options={}", "model.latent_dim=2"]
+
+
+def test_compare_variants_side_by_side(fresh_plugins, capsys, tmp_path):
+    """Three variants in one command (completion of digits: no class metric, so no judge to train)."""
+    sets = [*TINY, "data.name=completion", "data.options={dataset='digits', mask='left', target='image'}"]
+    args = ["compare", "--out", str(tmp_path / "cmp"), *(x for s in sets for x in ("--set", s)), *VARIANTS]
     assert main(args) == 0
     out = capsys.readouterr().out
-    for text in ("conv", "fcn-standard", "fcn-pixelcnn", "nbr corr", "sample acc", "side by side"):
+    for text in ("conv", "fcn-standard", "fcn-pixelcnn", "corr mu", "corr z~p", "IWAE NLL", "side by side"):
         assert text in out
     assert (tmp_path / "cmp" / "samples.png").is_file()
     assert main(["compare", "--out", str(tmp_path / "x"), "--variant", "a=b"]) == 2
     assert main(["compare", "--out", str(tmp_path / "x"), "--variant", "a", "--priors", "standard"]) == 2
+
+
+@pytest.mark.slow
+def test_compare_variants_on_labelled_digits(fresh_plugins, capsys, tmp_path):
+    """The same on labelled digits: the judge classifier's figures for every variant."""
+    sets = [*TINY, "data.options={test_fraction=0.1}"]
+    assert main(["compare", "--out", str(tmp_path / "cmp"), *(x for s in sets for x in ("--set", s)), *VARIANTS]) == 0
+    out = capsys.readouterr().out
+    for text in ("sample acc", "Frechet ratio", "fcn-pixelcnn"):
+        assert text in out
+
+
+def test_completion_with_visible_part_as_feature_maps(fresh_plugins, tmp_path):
+    """The visible part of a digit enters the fcn as feature maps ('image_map'); a short run trains,
+    evaluates (the latent-map metric included) and draws completions of the right shape."""
+    from cvae.train import Trainer
+
+    cfg = config_mod.load_config(None, [
+        *FCN, "data.name=completion", "data.options={dataset='digits', mask='left', target='image'}",
+        "conditions.visible.encoder=image_map", "conditions.visible.options={channels=[8], dim=4}",
+        "model.prior=pixelcnn", "model.prior_options={hidden=8, layers=2}", "train.epochs=1",
+        "eval.iwae_samples=2"])
+    metrics = Trainer(cfg, tmp_path / "run").fit()
+    assert {"neighbour_corr", "neighbour_corr_q", "neighbour_corr_prior"} <= set(metrics["eval"])
+    run = cvae.load_run(tmp_path / "run", "cpu")
+    data = cvae.load_data(cfg)
+    conds, _ = next(cvae.iterate_batches(data.test, 5))
+    assert run.model.features(conds).shape == (5, 4, 8, 8)
+    assert run.model.sample(conds).shape == (5, 1, 8, 8)

@@ -3,7 +3,8 @@
 - datasets: "shapes" (procedural 64x64 RGB shapes, offline), "mnist", "fashion_mnist", "cifar10",
   "celeba" (torchvision downloads, off by default), "image_folder" (class = subfolder), and
   "completion", which wraps any image dataset for structured output prediction (Sohn et al. 2015);
-- condition encoder "image": an image condition (the visible part) -> a feature vector;
+- condition encoders "image": an image condition (the visible part) -> a feature vector, and
+  "image_map": the same -> feature maps of its size, for the fully-convolutional architecture 'fcn';
 - commands: `cvae compare` (priors side by side, plus the deterministic baseline) and `cvae pictures`;
 - after training on one of these datasets, interpolations.png and completions.png in the run directory.
 """
@@ -15,13 +16,14 @@ import cvae
 from .baseline import Deterministic, deterministic_nll, train_deterministic
 from .commands import CompareCommand, PicturesCommand
 from .completion import MASKS, ImageConditionEncoder, compose, load_completion, make_mask
+from .condition_maps import ImageMapEncoder
 from .data import ByteImages
 from .pictures import save_conditional_completions, save_image_pictures
 from .shapes import SHAPE_NAMES, load_shapes
 from .sources import load_celeba, load_cifar10, load_fashion_mnist, load_image_folder, load_mnist
 
-__all__ = ["ByteImages", "Deterministic", "ImageConditionEncoder", "MASKS", "SHAPE_NAMES", "compose",
-           "deterministic_nll", "load_celeba", "load_cifar10", "load_completion", "load_fashion_mnist",
+__all__ = ["ByteImages", "Deterministic", "ImageConditionEncoder", "ImageMapEncoder", "MASKS", "SHAPE_NAMES",
+           "compose", "deterministic_nll", "load_celeba", "load_cifar10", "load_completion", "load_fashion_mnist",
            "load_image_folder", "load_mnist", "load_shapes", "make_mask", "save_conditional_completions",
            "save_image_pictures", "train_deterministic", "cvae_datasets", "cvae_conditions", "cvae_commands",
            "cvae_fit_end"]
@@ -48,7 +50,9 @@ def cvae_datasets() -> list[cvae.DatasetSpec]:
 @cvae.hookimpl
 def cvae_conditions() -> list[cvae.ConditionSpec]:
     return [cvae.ConditionSpec("image", ImageConditionEncoder, "an image condition through strided convolutions "
-                               "to a vector (channels, dim)")]
+                               "to a vector (channels, dim)"),
+            cvae.ConditionSpec("image_map", ImageMapEncoder, "an image condition through 3x3 convolutions to feature "
+                               "maps of its size, for architecture 'fcn' (channels, dim)")]
 
 
 @cvae.hookimpl

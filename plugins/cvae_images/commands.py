@@ -34,8 +34,9 @@ COLUMNS = (  # (heading, eval.json key, format)
     ("sample acc", "sample_accuracy", "{:.1%}"),
     ("diversity", "diversity_ratio", "{:.2f}"),
     ("Frechet ratio", "frechet_ratio", "{:.2f}"),
-    ("nbr corr", "neighbour_corr", "{:.2f}"),
-    ("prior nbr corr", "prior_neighbour_corr", "{:.2f}"),
+    ("corr mu", "neighbour_corr", "{:.2f}"),
+    ("corr z~q", "neighbour_corr_q", "{:.2f}"),
+    ("corr z~p", "neighbour_corr_prior", "{:.2f}"),
     ("train s", "train_seconds", "{:.0f}"),
 )
 
