@@ -75,6 +75,8 @@ SCHEMA: tuple[Key, ...] = (
     Key("train.schedule_options", {}, "options for the schedule (for example warmup_steps, cycle_steps)", dict),
     Key("train.free_bits", 0.0, "nats of KL per latent dimension that are not penalised (0 turns it off)", _NUM,
         check=_non_negative, check_doc=">= 0"),
+    Key("train.free_bits_group", 1, "pool the free bits over groups of this many consecutive latent dimensions "
+        "(1: per dimension)", int, check=_positive, check_doc="> 0"),
     Key("train.grad_clip", 100.0, "clip the gradient norm to this value (0 turns clipping off)", _NUM,
         check=_non_negative, check_doc=">= 0"),
     Key("train.fast", True, "the fastest numerically safe settings for the device (fused Adam; on CPU, denormals "

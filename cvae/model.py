@@ -3,7 +3,9 @@
 Reductions: the log-likelihood is summed over data dimensions and averaged over the batch; the KL is
 summed over latent dimensions and averaged over the batch. `beta` multiplies the KL (beta = 1 is the
 ELBO). Free bits (Kingma et al. 2016) give each latent dimension `free_bits` nats of KL for free:
-the KL term is sum_d max(KL_d averaged over the batch, free_bits).
+the KL term is sum_d max(KL_d averaged over the batch, free_bits). With `free_bits_group` = k the
+allowance is pooled over groups of k consecutive dimensions (the last group may be smaller): the term
+is sum_g max(KL_g, k_g * free_bits), so a group may spend its nats on any of its dimensions.
 """
 
 from __future__ import annotations
@@ -114,7 +116,7 @@ class CVAE(nn.Module):
         return self.encoder(y, h)
 
     def forward(self, conditions: Mapping[str, torch.Tensor], y: torch.Tensor, beta: float = 1.0,
-                free_bits: float = 0.0) -> LossTerms:
+                free_bits: float = 0.0, free_bits_group: int = 1) -> LossTerms:
         """The beta-weighted negative ELBO of a batch, with its parts."""
         h = self._inputs(conditions, y)
         mu, logvar = self.posterior(y, h)
@@ -122,7 +124,7 @@ class CVAE(nn.Module):
         rec = self.likelihood.log_prob(self.decoder(z, h), y).mean()
         kl_per_dim = self.prior.kl(mu, logvar, z, h).mean(0)
         kl = kl_per_dim.sum()
-        kl_term = kl_per_dim.clamp(min=free_bits).sum() if free_bits > 0 else kl
+        kl_term = _free_bits(kl_per_dim, free_bits, free_bits_group) if free_bits > 0 else kl
         # beta = 1 skips a multiplication (and its backward): the step is launch-bound on small models
         loss = (kl_term if beta == 1 else beta * kl_term) - rec
         return LossTerms(loss=loss, rec=rec, kl=kl, kl_per_dim=kl_per_dim)
@@ -202,3 +204,15 @@ class CVAE(nn.Module):
         finally:
             self.prior.latent_shape = trained
         return self.decode(latent, h, mode)
+
+
+def _free_bits(kl_per_dim: torch.Tensor, free_bits: float, group: int) -> torch.Tensor:
+    """sum over groups of `group` consecutive dimensions of max(group KL, dims in group * free_bits)."""
+    per = kl_per_dim.flatten()
+    if group <= 1:
+        return per.clamp(min=free_bits).sum()
+    pad = (-len(per)) % group
+    sums = torch.nn.functional.pad(per, (0, pad)).view(-1, group).sum(1)
+    sizes = torch.full_like(sums, group)
+    sizes[-1] = group - pad
+    return torch.maximum(sums, sizes * free_bits).sum()

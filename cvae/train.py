@@ -227,7 +227,7 @@ class Trainer:
         self.model.train()
         for conds, y in bar:
             beta = self.schedule.beta(self.step)
-            terms = self.net(conds, y, beta=beta, free_bits=tc["free_bits"])
+            terms = self.net(conds, y, beta=beta, free_bits=tc["free_bits"], free_bits_group=tc["free_bits_group"])
             size = min(bs, n - self.batch * bs)  # examples in the global batch
             loss = terms.loss
             if world > 1:  # this shard's weight in the global batch mean (DDP averages the gradients)

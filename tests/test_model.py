@@ -263,6 +263,31 @@ def test_free_bits_clamps_each_dimension():
     torch.testing.assert_close(plain.loss, beta * kl_d.sum() - out.rec)
 
 
+def test_free_bits_pool_over_groups():
+    """One group of both dimensions: the allowance is 2 * lam for their summed KL, so the dimension above
+    lam pays for its partner below it (per dimension, the one below would be lifted to lam). A group size
+    beyond the latent size leaves one group of the dimensions there are."""
+    model = make_model(learned_prior=False)
+    conds, y = toy_data(64)
+    with torch.no_grad():
+        model.encoder.net[-1].bias[0] += 2.0
+    torch.manual_seed(11)
+    kl_d = model(conds, y).kl_per_dim.detach()
+    assert kl_d[0] > kl_d[1] + 0.1, kl_d
+    lam = float(kl_d[1] + 0.25 * (kl_d[0] - kl_d[1]))  # between the two, below their mean
+    for group in (2, 5):
+        torch.manual_seed(11)
+        out = model(conds, y, free_bits=lam, free_bits_group=group)
+        torch.testing.assert_close(out.loss, torch.maximum(kl_d.sum(), torch.tensor(2 * lam)) - out.rec)
+    torch.manual_seed(11)
+    per_dim = model(conds, y, free_bits=lam)
+    torch.testing.assert_close(per_dim.loss, kl_d[0] + lam - per_dim.rec)
+    assert float(per_dim.loss) > float(out.loss) + 1e-3
+    torch.manual_seed(11)
+    lifted = model(conds, y, free_bits=float(kl_d.sum()), free_bits_group=2)  # the whole group is free
+    torch.testing.assert_close(lifted.loss, 2 * kl_d.sum() - lifted.rec)
+
+
 # -- plain VAE -------------------------------------------------------------------------------------------------
 
 
