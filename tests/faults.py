@@ -156,9 +156,10 @@ def kill_drill(train_args: Sequence[str], workdir: Path, kills: int = 20, seed: 
                max_attempts: int = 400) -> dict:
     """Train once uninterrupted, then again under `kills` random SIGKILLs, each followed by `--resume`.
 
-    Kill moments: uniform over twice a whole run's time divided by `kills`, counted from the moment training
-    starts (so the kills spread over steps, checkpoint writes, metrics appends, pictures and the evaluation);
-    one in four counted from the fork instead (so some land while a resumed run reads its checkpoint)."""
+    Kill moments: uniform over twice the time the rest of the run should take (from its newest checkpoint) divided
+    by the kills left, counted from the moment training starts, so the kills spread over the steps, checkpoint
+    writes and metrics appends, and the last ones over the pictures and evaluation; one in four is counted from the
+    fork instead, so some land while a resumed run reads its checkpoint."""
     from cvae.checkpoint import list_checkpoints
 
     rng = random.Random(seed)
@@ -167,17 +168,20 @@ def kill_drill(train_args: Sequence[str], workdir: Path, kills: int = 20, seed: 
     start = time.perf_counter()
     killed, code = attempt(["train", *train_args, "--out", str(clean)], log, None)
     assert not killed and code == 0, f"the uninterrupted run failed with exit code {code}; see {log}"
-    span = 2 * (time.perf_counter() - start) / kills
+    whole = time.perf_counter() - start
     last_step = final_state(clean)["position"][2]
     done, attempts = 0, 0
     evidence = {"temporary files left": 0, "metrics lines cut": 0, "killed after training ended": 0, "steps saved": []}
     resume: list[str] = []
+    step = 0
     while done < kills:
         attempts += 1
         if attempts > max_attempts:
             raise RuntimeError(f"only {done} of {kills} kills landed in {max_attempts} attempts")
         after_start = not resume or rng.random() >= 0.25
-        killed, code = attempt(["train", *train_args, "--out", str(cut), *resume], log, rng.uniform(0, span), after_start)
+        rest = whole * max(1 - step / last_step, 0.05)
+        killed, code = attempt(["train", *train_args, "--out", str(cut), *resume], log,
+                               rng.uniform(0, 2 * rest / (kills - done)), after_start)
         if not killed:
             assert code == 0, f"attempt {attempts} exited with code {code}; see {log}"
             continue

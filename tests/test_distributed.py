@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -147,3 +148,10 @@ def test_two_gloo_processes_follow_the_one_process_loss_curve_and_resume_exactly
     torchrun(tmp_path, "--set", "train.epochs=2", "--out", str(tmp_path / "cut"))
     torchrun(tmp_path, "--set", "train.epochs=3", "--out", str(tmp_path / "cut"), "--resume")
     assert differences(final_state(whole), final_state(tmp_path / "cut")) == []
+
+
+def test_the_readme_gives_the_torchrun_command_and_the_security_switches():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "torchrun --standalone --nproc-per-node 2 -m cvae train --out runs/digits-2p" in readme
+    assert "torchrun --standalone --nproc-per-node 2 -m cvae train --out runs/digits-2p --resume" in readme
+    assert "`CVAE_LOAD_THIRD_PARTY=0`" in readme and "`CVAE_PLUGINS=`" in readme and "weights_only=True" in readme
