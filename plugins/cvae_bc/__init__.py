@@ -2,8 +2,9 @@
 
 Environments with scripted multimodal experts (registered with gymnasium), demonstrations on disk,
 policies (MSE regression, a mixture-density head, CVAEs with a fixed, learned Gaussian or learned
-mixture prior) trained side by side, and an evaluation that counts modes, not only successes. The
-command line is `cvae bc`; `load_policy(run_dir, name, z=...)` gives `policy.act(obs)`.
+mixture prior) trained side by side, and an evaluation that counts modes, not only successes.
+Observations are state vectors, or pictures (`obs="image"`) through the `pixels` condition encoder.
+The command line is `cvae bc`; `load_policy(run_dir, name, z=...)` gives `policy.act(obs)`.
 """
 
 from __future__ import annotations
