@@ -128,6 +128,8 @@ def cvae_fit_error(trainer: Any, error: BaseException) -> None:
 
 @cvae.hookimpl
 def cvae_step_end(trainer: Any, step: int, losses: dict) -> None:
+    if getattr(getattr(trainer, "dist", None), "rank", 0):  # under torchrun, rank 0 alone warns
+        return
     watch = _watch(trainer)
     if step % watch.every:
         return
@@ -143,6 +145,8 @@ def cvae_step_end(trainer: Any, step: int, losses: dict) -> None:
 
 @cvae.hookimpl
 def cvae_epoch_end(trainer: Any, epoch: int, metrics: dict) -> None:
+    if getattr(getattr(trainer, "dist", None), "rank", 0):
+        return
     watch = _watch(trainer)
     kl, units = metrics.get("kl"), metrics.get("active_units")
     due = epoch >= watch.grace_epochs
