@@ -44,6 +44,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .data import DataBundle, iterate_batches
+from .errors import CVAEError
 from .evaluate import active_units
 from .model import CVAE
 
@@ -186,6 +187,10 @@ def measure(model: CVAE, data: DataBundle, device: torch.device | str = "cpu", *
             batch_size: int = 256) -> dict[str, Any]:
     """Every figure named in the module docstring, measured on `data.test` (the training split supplies
     the mean-target baseline and the references), without disturbing the caller's random state."""
+    if len(getattr(model, "latent_shape", ())) > 1:
+        raise CVAEError(f"cvae doctor measures vector latents; this model's latents are maps "
+                        f"{tuple(model.latent_shape)} (architecture 'fcn'): `cvae eval` reports their KL, active "
+                        f"units and neighbour correlations")
     device = torch.device(device)
     was_training = model.training
     model.eval()

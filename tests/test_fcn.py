@@ -293,3 +293,11 @@ def test_completion_with_visible_part_as_feature_maps(fresh_plugins, tmp_path):
     conds, _ = next(cvae.iterate_batches(data.test, 5))
     assert run.model.features(conds).shape == (5, 4, 8, 8)
     assert run.model.sample(conds).shape == (5, 1, 8, 8)
+
+
+def test_doctor_says_it_measures_vector_latents_only(fresh_plugins):
+    from cvae.diagnose import measure
+
+    model, data = _model()
+    with pytest.raises(CVAEError, match="vector latents.*cvae eval"):
+        measure(model, data)
