@@ -155,3 +155,19 @@ def test_the_readme_gives_the_torchrun_command_and_the_security_switches():
     assert "torchrun --standalone --nproc-per-node 2 -m cvae train --out runs/digits-2p" in readme
     assert "torchrun --standalone --nproc-per-node 2 -m cvae train --out runs/digits-2p --resume" in readme
     assert "`CVAE_LOAD_THIRD_PARTY=0`" in readme and "`CVAE_PLUGINS=`" in readme and "weights_only=True" in readme
+
+
+def test_one_process_resumes_a_multi_process_checkpoint_with_rank_0s_noise(tiny_config, tmp_path):
+    """A checkpoint written by two processes (faked here: rank 1's generator state added) resumes in one process,
+    which continues with rank 0's generator; a rank without a saved state would get a fresh seeded stream."""
+    Trainer(tiny_config("train.epochs=1"), tmp_path / "run").fit()
+    path = latest_checkpoint(tmp_path / "run" / "checkpoints")
+    state = torch.load(path, weights_only=True)
+    rank1 = torch.Generator().manual_seed(99).get_state()
+    state.update(world_size=2, rng_ranks=[state["rng"], {"torch": rank1}])
+    torch.save(state, path)
+    torch.manual_seed(123)
+    trainer = Trainer(tiny_config("train.epochs=2"), tmp_path / "run", resume=True)
+    assert torch.equal(torch.get_rng_state(), state["rng"]["torch"])
+    trainer.fit()
+    assert trainer.step == 12
