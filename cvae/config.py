@@ -16,7 +16,8 @@ from typing import Any
 
 from .errors import ConfigError, UnknownComponentError, close_matches
 
-__all__ = ["Key", "SCHEMA", "default_config", "load_config", "merge", "apply_overrides", "validate", "describe_keys"]
+__all__ = ["Key", "SCHEMA", "default_config", "load_config", "merge", "apply_overrides", "validate", "describe_keys",
+           "with_defaults"]
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,13 @@ def default_config() -> dict[str, Any]:
     cfg: dict[str, Any] = {}
     for key in SCHEMA:
         _set(cfg, key.name.split("."), copy.deepcopy(key.default))
+    return cfg
+
+
+def with_defaults(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """A config saved by an earlier version, completed with the keys added since (at their defaults)."""
+    cfg = default_config()
+    merge(cfg, saved)
     return cfg
 
 

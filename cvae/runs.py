@@ -10,6 +10,7 @@ import torch
 
 from .build import build_model, resolve_device
 from .checkpoint import latest_checkpoint, load_checkpoint
+from .config import with_defaults
 from .data import ConditionInfo, TargetInfo
 from .errors import CheckpointError, CVAEError
 from .model import CVAE
@@ -38,10 +39,11 @@ def load_run(run_dir: str | Path, device: str = "auto") -> Run:
     state = load_checkpoint(path, map_location=dev)
     target = TargetInfo.from_dict(state["target"])
     conditions = {k: ConditionInfo.from_dict(v) for k, v in state["conditions"].items()}
-    model = build_model(state["config"], target, conditions).to(dev)
+    config = with_defaults(state["config"])
+    model = build_model(config, target, conditions).to(dev)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
         raise CheckpointError(f"{path} does not fit the model its config describes: {str(exc).splitlines()[0]}") from None
     model.eval()
-    return Run(run_dir, path, state["config"], model, dev, state["epoch"], state["step"])
+    return Run(run_dir, path, config, model, dev, state["epoch"], state["step"])

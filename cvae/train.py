@@ -337,7 +337,8 @@ def resumed_config(run_dir: str | Path) -> dict[str, Any]:
 
 def _merge_resumed(saved: Mapping[str, Any], given: Mapping[str, Any] | None) -> dict[str, Any]:
     """The checkpoint's config, with the few keys a resume may change taken from `given`."""
-    merged = copy.deepcopy(dict(saved))
+    saved = config_mod.with_defaults(saved)
+    merged = copy.deepcopy(saved)
     if given is None:
         return merged
     for name in _changed(saved, given):

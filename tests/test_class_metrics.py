@@ -5,6 +5,7 @@ are known (real test images, noisy ones, wrong classes, a collapsed generator) a
 from __future__ import annotations
 
 import functools
+import json
 
 import numpy as np
 import pytest
@@ -39,8 +40,8 @@ def digits() -> cvae.DataBundle:
     return load_digits_bundle()
 
 
-# The default judge (1500 steps, width 64) is for real evaluations; these tests need a quicker one.
-fast_metrics = functools.partial(class_sample_metrics, steps=300, width=32)
+# The default judge (three nets of 1500 steps, width 64) is for real evaluations; these tests need a quicker one.
+fast_metrics = functools.partial(class_sample_metrics, steps=300, width=32, members=1)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,7 @@ def test_classifier_is_accurate_and_cached(context):
     assert first["classifier_test_accuracy"] >= 0.9
     weights = context.run_dir / "classifier.pt"
     assert weights.is_file() and (context.run_dir / "classifier.json").is_file()
-    assert set(torch.load(weights, weights_only=True)) >= {"mean", "std", "head.weight"}
+    assert set(torch.load(weights, weights_only=True)) >= {"members.0.mean", "members.0.std", "members.0.head.weight"}
     stamp = weights.stat().st_mtime_ns
     with pytest.MonkeyPatch.context() as mp:  # a second evaluation must not train again
         mp.setattr(metrics, "_train_classifier", lambda *a, **k: pytest.fail("the cached classifier was not reused"))
@@ -93,6 +94,26 @@ def test_cache_is_retrained_for_another_config_or_a_corrupt_file(context, tmp_pa
     assert calls == [20, 20]
     fast_metrics(other, steps=20, samples_per_class=0)  # the rewritten cache is good again
     assert calls == [20, 20]
+
+
+def test_an_ensemble_judge_averages_its_members_probabilities(context, tmp_path, monkeypatch):
+    seeds = []
+    train = metrics._train_classifier
+    monkeypatch.setattr(metrics, "_train_classifier", lambda *a: seeds.append(a[2]["seed"]) or train(*a))
+    other = EvalContext(context.model, context.data, context.device, run_dir=tmp_path)
+    out = fast_metrics(other, steps=100, members=2, classifier_seed=5, sampler=real_test_images(context.data),
+                       samples_per_class=0)
+    assert seeds == [5, 6]
+    judge = metrics._new_judge(json.loads((tmp_path / "classifier.json").read_text()))
+    judge.load_state_dict(torch.load(tmp_path / "classifier.pt", weights_only=True))
+    x, labels = context.data.test.y, context.data.test.conditions["label"]
+    with torch.no_grad():
+        probs = sum(net(x).softmax(1) for net in judge.members)
+        single = judge.members[0](x).argmax(1)
+    assert not torch.equal(probs.argmax(1), single)  # the second member changes some decisions
+    accuracy = float((probs.argmax(1) == labels).double().mean())
+    assert out["classifier_test_accuracy"] == pytest.approx(accuracy)
+    assert out["sample_accuracy"] == pytest.approx(accuracy)  # the sampler returns the test images
 
 
 def test_untrained_model_is_near_chance(context):

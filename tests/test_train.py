@@ -13,6 +13,7 @@ from PIL import Image
 
 from cvae import ConfigError, CVAEError
 from cvae.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from cvae.runs import load_run
 from cvae.train import NonFiniteLossError, Trainer
 
 TIMING = ("seconds", "examples_per_s")  # wall-clock figures: the only metrics allowed to differ between runs
@@ -246,3 +247,15 @@ def test_iwae_nll_is_below_the_negative_elbo_and_bits_per_dim_follow(tiny_config
     assert ev["nll_nats"] <= -ev["test_elbo"] + 0.05, ev
     assert ev["nll_nats"] > 0  # a discrete likelihood: probabilities, so a positive NLL
     assert ev["nll_bits_per_dim"] == pytest.approx(ev["nll_nats"] / (16 * math.log(2)))
+
+
+def test_a_run_saved_before_a_key_existed_loads_and_resumes_with_its_default(tiny_config, tmp_path):
+    """Checkpoints of an earlier version lack the keys added since: they take those keys' defaults."""
+    fit(tiny_config("train.epochs=1"), tmp_path / "run")
+    path = latest_checkpoint(tmp_path / "run" / "checkpoints")
+    state = load_checkpoint(path)
+    del state["config"]["train"]["free_bits_group"]
+    torch.save(state, path)
+    assert load_run(tmp_path / "run", device="cpu").config["train"]["free_bits_group"] == 1
+    resumed, _ = fit(tiny_config("train.epochs=2"), tmp_path / "run", resume=True)
+    assert resumed.step == 12 and resumed.config["train"]["free_bits_group"] == 1

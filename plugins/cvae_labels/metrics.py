@@ -1,12 +1,15 @@
 """Sample-quality metrics for class-conditional image models, judged by a classifier trained on the
-real training split (never on generated data):
+real training split (never on generated data): an ensemble of `members` small CNNs that differ only in
+their seed, whose averaged probabilities decide the class (on digits one net reaches 97.8% to 99.2% test
+accuracy depending on its seed, and calls the same samples right 98.3% to 99.3% of the time; three
+together reach 99.4%, five 99.7%):
 
 - `classifier_test_accuracy`: the classifier's accuracy on the real test split (how far to trust it);
 - `sample_accuracy`: the fraction of samples drawn for class c that the classifier calls c;
 - `sample_diversity`, `real_diversity`, `diversity_ratio`: mean pairwise L2 distance in pixel space
   within a class, averaged over classes, for samples and for the real test split, and their ratio;
 - `frechet_classifier`, `frechet_classifier_real_test`, `frechet_ratio`: the Frechet distance between
-  Gaussians fitted to the classifier's penultimate features, per class, of samples vs the real
+  Gaussians fitted to the penultimate features of the ensemble's first classifier, per class, of samples vs the real
   training split, and of the real test split vs the training split (same number of examples per
   class, so the same small-sample bias), averaged over classes, and their ratio.
 """
@@ -29,7 +32,7 @@ from torch import nn
 import cvae
 from cvae.evaluate import EvalContext
 
-__all__ = ["ImageClassifier", "class_sample_metrics", "frechet_distance", "label_condition", "make_class_metric",
+__all__ = ["ImageClassifier", "Judge", "class_sample_metrics", "frechet_distance", "label_condition", "make_class_metric",
            "Sampler"]
 
 # sampler(class_index, n) -> n generated targets of that class, (n, *target.shape)
@@ -75,6 +78,24 @@ class ImageClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+class Judge(nn.Module):
+    """Classifiers trained alike from different seeds: the class is the argmax of their mean probability;
+    the features (for Frechet distances) are the first member's."""
+
+    def __init__(self, members: list[ImageClassifier]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.members[0].features(x)
+
+    def predict(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        probs = self.members[0].head(features).softmax(1)
+        for net in self.members[1:]:
+            probs = probs + net(x).softmax(1)
+        return probs.argmax(1)
 
 
 def label_condition(context: EvalContext) -> str | None:
@@ -172,14 +193,25 @@ def _train_classifier(y: torch.Tensor, labels: torch.Tensor, config: dict[str, A
     return net.eval()
 
 
+def _new_judge(config: dict[str, Any]) -> Judge:
+    return Judge([ImageClassifier(config["channels"], config["num_classes"], config["feature_dim"], config["width"],
+                                  max(config["image_shape"][1:])) for _ in range(config["members"])])
+
+
+def _train_judge(y: torch.Tensor, labels: torch.Tensor, config: dict[str, Any], device: torch.device) -> Judge:
+    """`members` classifiers, member i seeded with `seed + i`."""
+    return Judge([_train_classifier(y, labels, {**config, "seed": config["seed"] + i}, device)
+                  for i in range(config["members"])]).eval()
+
+
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
     os.replace(tmp, path)
 
 
-def _classifier(context: EvalContext, y: torch.Tensor, labels: torch.Tensor, config: dict[str, Any]) -> ImageClassifier:
-    """The classifier for this run: loaded from `run_dir` when one trained with the same config on the
+def _classifier(context: EvalContext, y: torch.Tensor, labels: torch.Tensor, config: dict[str, Any]) -> Judge:
+    """The judge for this run: loaded from `run_dir` when one trained with the same config on the
     same data is cached there, trained (and cached) otherwise."""
     run_dir = Path(context.run_dir) if context.run_dir is not None else None
     if run_dir is not None:
@@ -187,14 +219,13 @@ def _classifier(context: EvalContext, y: torch.Tensor, labels: torch.Tensor, con
         if weights.is_file() and meta.is_file():
             try:
                 if json.loads(meta.read_text()) == config:
-                    net = ImageClassifier(config["channels"], config["num_classes"], config["feature_dim"],
-                                          config["width"], max(config["image_shape"][1:]))
+                    net = _new_judge(config)
                     net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
                     return net.to(context.device).eval()
             except (OSError, ValueError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as exc:
                 warnings.warn(f"retraining the evaluation classifier: the cached one in {run_dir} "
                               f"cannot be read ({exc})", stacklevel=2)
-    net = _train_classifier(y, labels, config, context.device)
+    net = _train_judge(y, labels, config, context.device)
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
@@ -204,13 +235,14 @@ def _classifier(context: EvalContext, y: torch.Tensor, labels: torch.Tensor, con
 
 
 @torch.no_grad()
-def _apply(net: ImageClassifier, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _apply(net: Judge, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Predicted classes and penultimate features of `x`, in chunks."""
     preds, feats = [], []
     for start in range(0, len(x), CHUNK):
-        f = net.features(x[start:start + CHUNK])
+        chunk = x[start:start + CHUNK]
+        f = net.features(chunk)
         feats.append(f)
-        preds.append(net.head(f).argmax(1))
+        preds.append(net.predict(chunk, f))
     return torch.cat(preds), torch.cat(feats)
 
 
@@ -237,7 +269,7 @@ def _model_sampler(context: EvalContext, label: str, train_conditions: dict[str,
 
 def class_sample_metrics(context: EvalContext, *, sampler: Sampler | None = None, samples_per_class: int = 100,
                          feature_dim: int = 32, width: int = 64, steps: int = 1500, batch_size: int = 64,
-                         lr: float = 2e-3, classifier_seed: int = 0) -> dict[str, float] | None:
+                         lr: float = 2e-3, classifier_seed: int = 0, members: int = 3) -> dict[str, float] | None:
     """Every figure named in the module docstring, or None when the data has no class-label condition
     or its targets are not images. For class c, max(samples_per_class, test examples of c) samples are
     drawn (by `sampler`, the run's model by default, seeded with `context.seed` without disturbing
@@ -251,8 +283,8 @@ def class_sample_metrics(context: EvalContext, *, sampler: Sampler | None = None
     try:
         with torch.random.fork_rng(devices=devices):
             return _class_sample_metrics(context, label, sampler, int(samples_per_class), {
-                "format": 3, "feature_dim": int(feature_dim), "width": int(width), "steps": int(steps),
-                "batch_size": int(batch_size), "lr": float(lr), "seed": int(classifier_seed)})
+                "format": 4, "feature_dim": int(feature_dim), "width": int(width), "steps": int(steps),
+                "batch_size": int(batch_size), "lr": float(lr), "seed": int(classifier_seed), "members": int(members)})
     finally:
         model.train(was_training)
 
@@ -318,14 +350,14 @@ def _class_sample_metrics(context: EvalContext, label: str, sampler: Sampler | N
 
 
 def make_class_metric(*, samples_per_class: int = 100, feature_dim: int = 32, steps: int = 1500,
-                      classifier_seed: int = 0) -> Callable[[EvalContext], dict[str, float] | None]:
+                      classifier_seed: int = 0, members: int = 3) -> Callable[[EvalContext], dict[str, float] | None]:
     """The `class_samples` metric: `metric(context)` gives the figures of `class_sample_metrics`."""
-    if samples_per_class < 0 or feature_dim < 1 or steps < 1:
-        raise cvae.CVAEError(f"metric 'class_samples': need samples_per_class >= 0, feature_dim >= 1, steps >= 1; "
-                             f"got {samples_per_class}, {feature_dim}, {steps}")
+    if samples_per_class < 0 or feature_dim < 1 or steps < 1 or members < 1:
+        raise cvae.CVAEError(f"metric 'class_samples': need samples_per_class >= 0, feature_dim >= 1, steps >= 1, "
+                             f"members >= 1; got {samples_per_class}, {feature_dim}, {steps}, {members}")
 
     def metric(context: EvalContext) -> dict[str, float] | None:
         return class_sample_metrics(context, samples_per_class=samples_per_class, feature_dim=feature_dim,
-                                    steps=steps, classifier_seed=classifier_seed)
+                                    steps=steps, classifier_seed=classifier_seed, members=members)
 
     return metric
