@@ -177,7 +177,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     s = report["settings"]
     parts = [f"Behaviour-cloning benchmark: {s['episodes']} evaluation episodes per policy over seeds "
              f"{', '.join(map(str, s['seeds']))}; chunk {s['chunk']}, {s['epochs']} epochs; "
-             f"total {report.get('seconds', 0):.0f} s."]
+             f"total {report.get('seconds', 0):.0f} s."
+             + (f" Environments made with {s['env_kwargs']}." if s.get("env_kwargs") else "")]
     for name, result in report["environments"].items():
         probs = ", ".join(f"{k} {v:.2f}" for k, v in result["expert_mode_probs"].items())
         parts.append(f"\n### {name} ({result['env_id']})\n\nexpert modes: {probs}; "
