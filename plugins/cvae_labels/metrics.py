@@ -1,7 +1,7 @@
 """Sample-quality metrics for class-conditional image models, judged by a classifier trained on the
 real training split (never on generated data): an ensemble of `members` small CNNs that differ only in
 their seed, whose averaged probabilities decide the class (on digits one net reaches 97.8% to 99.2% test
-accuracy depending on its seed, and calls the same samples right 98.3% to 99.3% of the time; three
+accuracy depending on its seed, and calls the same samples right 98.3% to 99.1% of the time; three
 together reach 99.4%, five 99.7%):
 
 - `classifier_test_accuracy`: the classifier's accuracy on the real test split (how far to trust it);
