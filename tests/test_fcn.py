@@ -267,8 +267,13 @@ def test_compare_variants_side_by_side(fresh_plugins, capsys, tmp_path):
 
 
 @pytest.mark.slow
-def test_compare_variants_on_labelled_digits(fresh_plugins, capsys, tmp_path):
-    """The same on labelled digits: the judge classifier's figures for every variant."""
+def test_compare_variants_on_labelled_digits(fresh_plugins, capsys, tmp_path, monkeypatch):
+    """The same on labelled digits: the judge classifier's figures for every variant (a briefly
+    trained judge and few samples: this checks the plumbing, not the figures)."""
+    from cvae_labels.metrics import make_class_metric
+
+    monkeypatch.setattr(make_class_metric, "__kwdefaults__",
+                        {**make_class_metric.__kwdefaults__, "steps": 50, "samples_per_class": 10})
     sets = [*TINY, "data.options={test_fraction=0.1}"]
     assert main(["compare", "--out", str(tmp_path / "cmp"), *(x for s in sets for x in ("--set", s)), *VARIANTS]) == 0
     out = capsys.readouterr().out
