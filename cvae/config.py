@@ -59,11 +59,13 @@ SCHEMA: tuple[Key, ...] = (
         "by default each condition uses the encoder its dataset names", dict),
     Key("model.architecture", "mlp", "encoder/decoder architecture", str, component="architecture"),
     Key("model.architecture_options", {"hidden": [512, 256]}, "options for the architecture (for example hidden widths)", dict),
-    Key("model.latent_dim", 16, "number of latent dimensions", int, check=_positive, check_doc="> 0"),
+    Key("model.latent_dim", 16, "number of latent dimensions (architecture 'fcn': latent channels per position)", int,
+        check=_positive, check_doc="> 0"),
     Key("model.likelihood", "discretized_logistic_mixture", "likelihood p(y | x, z)", str, component="likelihood"),
     Key("model.likelihood_options", {"components": 3}, "options for the likelihood (for example sigma, levels, components)", dict),
     Key("model.prior", "learned", "prior p(z | x): 'standard' is N(0, I), 'learned' a Gaussian from a network of the "
-        "condition, 'mixture' a mixture of such Gaussians", str,
+        "condition, 'mixture' a mixture of such Gaussians, 'pixelcnn' an autoregressive prior over latent maps (architecture "
+        "'fcn')", str,
         component="prior"),
     Key("model.prior_options", {}, "options for the prior (for example hidden widths)", dict),
     Key("train.epochs", 100, "passes over the training split", int, check=_positive, check_doc="> 0"),
