@@ -39,6 +39,8 @@ def _parser() -> tuple[argparse.ArgumentParser, Any]:
     p.add_argument("--n", type=int, default=None, help="samples (per class in a class grid); default 10 per class or 64")
     p.add_argument("--out", type=Path, required=True, help=".png (a grid) or .npz (array 'samples' plus conditions)")
     p.add_argument("--mode", choices=("mean", "sample"), default=None, help="decode to the mean or draw (default: the run's)")
+    p.add_argument("--size", default=None, metavar="HxW",
+                   help="image size, e.g. 32x32, for a fully-convolutional ('fcn') model (default: the trained size)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
 
@@ -144,6 +146,7 @@ def _sample(args: argparse.Namespace) -> int:
         raise CVAEError(f"--out {args.out}: the file must end in .png (a grid) or .npz (arrays)")
     if args.n is not None and args.n < 1:
         raise CVAEError(f"--n must be >= 1, got {args.n}")
+    size = _image_size(args.size) if args.size is not None else None
     run = load_run(args.run_dir, args.device)
     model = run.model
     given: dict[str, torch.Tensor] = {}
@@ -157,7 +160,7 @@ def _sample(args: argparse.Namespace) -> int:
     conditions, n, nrow = _sample_conditions(model, given, args.n, run.device)
     mode = args.mode or run.config["eval"]["sample_mode"]
     torch.manual_seed(args.seed)
-    samples = model.sample(conditions, n=n, mode=mode).cpu()
+    samples = model.sample(conditions, n=n, mode=mode, size=size).cpu()
     if model.target.is_image:
         t = model.target
         samples = ((samples - t.low) / (t.high - t.low)).clamp(0, 1)
@@ -170,6 +173,16 @@ def _sample(args: argparse.Namespace) -> int:
         np.savez(args.out, samples=samples.numpy(), **{k: v.cpu().numpy() for k, v in conditions.items()})
     print(f"wrote {len(samples)} samples to {args.out}")
     return 0
+
+
+def _image_size(text: str) -> tuple[int, int]:
+    """--size: "HxW" or "N" (square)."""
+    parts = text.lower().split("x")
+    if len(parts) in (1, 2) and all(p.strip().isdigit() for p in parts):
+        h, w = int(parts[0]), int(parts[-1])
+        if h > 0 and w > 0:
+            return h, w
+    raise CVAEError(f"--size {text!r}: give the image size as HxW or N, for example 32x32")
 
 
 def _sample_conditions(model: Any, given: dict, n: int | None, device: Any) -> tuple[dict, int, int]:

@@ -109,6 +109,19 @@ def test_trained_at_8x8_samples_at_other_sizes(fresh_plugins, prior):
     assert model.sample(labels, size=(16, 16), z="mean").shape == (10, 1, 16, 16)
 
 
+def test_cvae_sample_size_option(fresh_plugins, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), *sum((["--set", s] for s in [*FCN, "model.prior=standard", "model.prior_options={}", "train.epochs=1", "eval.at_end=false"]), [])]) == 0
+    assert main(["sample", str(run), "--size", "16x24", "--n", "2", "--out", str(tmp_path / "s.npz")]) == 0
+    import numpy as np
+    assert np.load(tmp_path / "s.npz")["samples"].shape == (20, 1, 16, 24)  # two per class
+    capsys.readouterr()
+    assert main(["sample", str(run), "--size", "16by16", "--out", str(tmp_path / "t.png")]) == 2
+    assert "--size '16by16': give the image size as HxW" in capsys.readouterr().err
+    assert main(["sample", str(run), "--size", "9x8", "--out", str(tmp_path / "t.png")]) == 2
+    assert "positive multiples of 2" in capsys.readouterr().err
+
+
 def test_sizes_that_do_not_fit_are_clear_errors(fresh_plugins):
     model, _ = _model()
     labels = {"label": torch.arange(3)}
