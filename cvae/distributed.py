@@ -7,8 +7,9 @@ What makes N processes train like one with the same global batch (`data.batch_si
 - every process walks the same epoch order (a pure function of seed and epoch) and takes every N-th example of
   each global batch, so the union of the shards is the single-process batch;
 - each process weights its batch-mean loss by its share of the global batch (times N, which
-  DistributedDataParallel's gradient averaging divides out): the gradient is that of the global batch's mean,
-  so the learning rate does not depend on N;
+  DistributedDataParallel's gradient averaging divides out): the gradient is that of the global batch's mean
+  (with free bits, whose clamp acts on each shard's mean KL, only approximately), so the learning rate does
+  not depend on N;
 - the loss terms are all-reduced as sums over examples every step, so every process reports, checks and
   schedules beta from the same global figures;
 - only rank 0 writes files; the checkpoint holds every rank's noise generator state.
@@ -48,7 +49,7 @@ class Context:
         """One GPU per process: an unnumbered CUDA device becomes cuda:LOCAL_RANK."""
         if self.distributed and device.type == "cuda" and device.index is None:
             device = torch.device("cuda", self.local_rank)
-        if device.type == "cuda":
+        if device.type == "cuda" and device.index is not None:  # set_device needs an index
             torch.cuda.set_device(device)
         return device
 
@@ -116,5 +117,6 @@ def loss_weight(global_size: int, rank: int, world_size: int) -> float:
 
 
 def noise_seed(seed: int, rank: int) -> int:
-    """The seed of rank `rank`'s noise generator (rank 0 keeps the run's own, so one process is unchanged)."""
+    """The seed of rank `rank`'s noise generator, for ranks above 0 (the trainer leaves rank 0 on the run's
+    own seed, so a single process draws what it always drew)."""
     return (seed * 1_000_003 + 7_919 * rank) % (2**63)

@@ -5,7 +5,9 @@ summed over latent dimensions and averaged over the batch. `beta` multiplies the
 ELBO). Free bits (Kingma et al. 2016) give each latent dimension `free_bits` nats of KL for free:
 the KL term is sum_d max(KL_d averaged over the batch, free_bits). With `free_bits_group` = k the
 allowance is pooled over groups of k consecutive dimensions (the last group may be smaller): the term
-is sum_g max(KL_g, k_g * free_bits), so a group may spend its nats on any of its dimensions.
+is sum_g max(KL_g, k_g * free_bits), so a group may spend its nats on any of its dimensions. A prior
+whose KL does not factorise over dimensions (`mixture`, `pixelcnn`: one column) gets the allowance of all
+its dimensions pooled: max(KL, dims * free_bits).
 """
 
 from __future__ import annotations
@@ -124,7 +126,10 @@ class CVAE(nn.Module):
         rec = self.likelihood.log_prob(self.decoder(z, h), y).mean()
         kl_per_dim = self.prior.kl(mu, logvar, z, h).mean(0)
         kl = kl_per_dim.sum()
-        kl_term = _free_bits(kl_per_dim, free_bits, free_bits_group) if free_bits > 0 else kl
+        if free_bits > 0 and kl_per_dim.numel() != mu[0].numel():  # one column: pool over every dimension
+            kl_term = torch.clamp(kl, min=mu[0].numel() * free_bits)
+        else:
+            kl_term = _free_bits(kl_per_dim, free_bits, free_bits_group) if free_bits > 0 else kl
         # beta = 1 skips a multiplication (and its backward): the step is launch-bound on small models
         loss = (kl_term if beta == 1 else beta * kl_term) - rec
         return LossTerms(loss=loss, rec=rec, kl=kl, kl_per_dim=kl_per_dim)

@@ -61,6 +61,9 @@ class PixelCNNPrior(Prior):
         if hidden < 1 or layers < 1 or components < 1:
             raise CVAEError(f"prior 'pixelcnn': hidden, layers and components must be >= 1, got {hidden}, {layers}, "
                             f"{components}")
+        if not min_logvar < 0:
+            raise CVAEError(f"prior 'pixelcnn': min_logvar must be < 0 (a floor below the unit variance it starts "
+                            f"at), got {min_logvar}")
         self.k, self.min_logvar = int(components), float(min_logvar)
         self.first = MaskedConv2d(latent_dim, hidden, int(kernel), "A")
         self.convs = nn.ModuleList(MaskedConv2d(hidden, hidden, 3, "B") for _ in range(int(layers) - 1))

@@ -220,7 +220,7 @@ class Trainer:
         batches = iterate_batches(self.train_split, bs, shuffle=True, generator=_epoch_generator(self.config["seed"], self.epoch),
                                   start=self.batch, device=self.device, shard=(rank, world))
         bar = tqdm(batches, total=n_batches, initial=self.batch, desc=f"epoch {self.epoch + 1}/{tc['epochs']}",
-                   disable=None if tc["progress"] else True, leave=False, dynamic_ncols=True)
+                   disable=None if tc["progress"] and self.dist.is_main else True, leave=False, dynamic_ncols=True)
         if self.batch == 0:
             self.epoch_sums, self.epoch_count, self.epoch_beta = torch.zeros(3, dtype=torch.float64), 0, 0.0
         seen, start = 0, time.perf_counter()
@@ -260,8 +260,9 @@ class Trainer:
             seen += size
             self.step += 1
             self.batch += 1
-            call_hook("cvae_step_end", trainer=self, step=self.step, losses={"loss": terms.loss.detach(),
-                                                                               "rec": terms.rec.detach(), "kl": terms.kl.detach()})
+            # the global figures (all-reduced under torchrun), as tensors: no extra host sync
+            call_hook("cvae_step_end", trainer=self, step=self.step,
+                      losses={"loss": stats[0], "rec": stats[1], "kl": stats[2]})
             if tc["checkpoint_steps"] and self.step % tc["checkpoint_steps"] == 0:
                 self.save()  # mid-epoch: a kill loses at most checkpoint_steps steps
             if self.step % 10 == 0:
@@ -332,7 +333,7 @@ def _resumable(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
 
 def resumed_config(run_dir: str | Path) -> dict[str, Any]:
     """The config of the run in `run_dir`, as `--resume` would continue it."""
-    return _resumable(Path(run_dir))[0]
+    return config_mod.with_defaults(_resumable(Path(run_dir))[0])
 
 
 def _merge_resumed(saved: Mapping[str, Any], given: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -319,3 +319,18 @@ def test_doctor_says_it_measures_vector_latents_only(fresh_plugins):
     model, data = _model()
     with pytest.raises(CVAEError, match="vector latents.*cvae eval"):
         measure(model, data)
+
+
+@pytest.mark.parametrize("name", ["..", ".", ".hidden", "a/b", "x=1"])
+def test_variant_names_stay_inside_the_output_folder(name):
+    from cvae_images.commands import parse_variant
+
+    with pytest.raises(CVAEError, match="--variant"):
+        parse_variant(f"{name} model.prior=standard")
+    assert parse_variant("fcn-pixelcnn.v2 model.prior=pixelcnn") == ("fcn-pixelcnn.v2", ["model.prior=pixelcnn"])
+
+
+def test_pixelcnn_refuses_a_variance_floor_at_or_above_one():
+    for floor in (0.0, 1.0):
+        with pytest.raises(CVAEError, match="min_logvar must be < 0"):
+            PixelCNNPrior(cond_features=0, latent_dim=2, min_logvar=floor)

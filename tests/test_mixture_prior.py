@@ -80,6 +80,27 @@ def test_a_model_with_the_mixture_prior_trains_and_reports_kl(core_registry):
     assert model.sample(n=5).shape == (5, 4)
 
 
+def test_free_bits_pool_every_dimension_when_the_kl_is_one_column(core_registry):
+    """A prior whose KL does not factorise gets max(KL, dims * free_bits), not one dimension's allowance."""
+    target = cvae.TargetInfo((4,))
+    lik = core_registry.get("likelihood", "gaussian_learned").build(target)
+    enc, dec = core_registry.get("architecture", "mlp").build(target=target, cond_features=0, latent_dim=3,
+                                                               params_per_element=2, options={"hidden": [8]})
+    prior = core_registry.get("prior", "mixture").build(cond_features=0, latent_dim=3, options={"components": 2})
+    model = cvae.CVAE(conditions={}, encoder=enc, decoder=dec, prior=prior, likelihood=lik, latent_dim=3,
+                      target=target, condition_info={})
+    y = torch.randn(32, 4)
+    torch.manual_seed(0)
+    plain = model({}, y)
+    lam = float(plain.kl.detach()) / 3 + 0.5  # the pooled allowance (3 * lam) lies above the KL, one dimension's below
+    torch.manual_seed(0)
+    out = model({}, y, free_bits=lam)
+    torch.testing.assert_close(out.loss, 3 * lam - out.rec)
+    torch.manual_seed(0)
+    small = model({}, y, free_bits=float(plain.kl.detach()) / 6)  # pooled allowance below the KL: the plain loss
+    torch.testing.assert_close(small.loss, plain.loss)
+
+
 def test_bad_component_count_is_a_clear_error():
     with pytest.raises(cvae.CVAEError, match="components"):
         MixturePrior(cond_features=0, latent_dim=2, components=0)

@@ -259,3 +259,15 @@ def test_a_run_saved_before_a_key_existed_loads_and_resumes_with_its_default(tin
     assert load_run(tmp_path / "run", device="cpu").config["train"]["free_bits_group"] == 1
     resumed, _ = fit(tiny_config("train.epochs=2"), tmp_path / "run", resume=True)
     assert resumed.step == 12 and resumed.config["train"]["free_bits_group"] == 1
+
+
+def test_cli_resumes_a_run_saved_before_a_key_existed(tiny_config, tmp_path, capsys):
+    from cvae.cli import main
+
+    fit(tiny_config("train.epochs=1"), tmp_path / "run")
+    path = latest_checkpoint(tmp_path / "run" / "checkpoints")
+    state = load_checkpoint(path)
+    del state["config"]["train"]["free_bits_group"]
+    torch.save(state, path)
+    assert main(["train", "--out", str(tmp_path / "run"), "--resume", "--set", "train.epochs=2"]) == 0, capsys.readouterr().err
+    assert len(rows(tmp_path / "run")) == 2

@@ -66,6 +66,7 @@ def cvae_commands() -> list[cvae.CommandSpec]:
 @cvae.hookimpl
 def cvae_fit_end(trainer, metrics):
     """Runs on this plugin's datasets also get interpolations.png and completions.png."""
-    if trainer.config["data"]["name"] in DATASETS:
+    main = getattr(trainer, "dist", None) is None or trainer.dist.is_main  # rank 0 alone writes files
+    if trainer.config["data"]["name"] in DATASETS and main:
         save_image_pictures(trainer.model, trainer.data, trainer.run_dir, mode=trainer.config["eval"]["sample_mode"],
                             seed=trainer.config["seed"])

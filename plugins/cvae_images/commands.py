@@ -73,8 +73,9 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
         parts = shlex.split(text)
     except ValueError as exc:
         raise cvae.CVAEError(f"--variant {text!r}: {exc}") from exc
-    if not parts or not re.fullmatch(r"[A-Za-z0-9_.+-]+", parts[0]) or "=" in parts[0]:
-        raise cvae.CVAEError(f"--variant {text!r}: expected a name (letters, digits, _.+-) followed by KEY=VALUE "
+    if not parts or not re.fullmatch(r"[A-Za-z0-9_+-][A-Za-z0-9_.+-]*", parts[0]) or "=" in parts[0]:
+        raise cvae.CVAEError(f"--variant {text!r}: expected a name (letters, digits, _.+-, not starting with '.') "
+                             f"followed by KEY=VALUE "
                              f"overrides, e.g. --variant 'fcn-pixelcnn model.architecture=fcn model.prior=pixelcnn'")
     return parts[0], parts[1:]
 
@@ -107,10 +108,10 @@ class CompareCommand:
     help = "train one config with each prior (and the deterministic baseline) and print a table"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.description = ("Train the same configuration once per prior (model.prior = each of --priors), "
-                              "evaluate every run on the same test split, and print one table. Runs land in "
-                              "OUT/<prior>; a finished run with the same config is reused, so the table can be "
-                              "printed again without training.")
+        parser.description = ("Train the same configuration once per prior (model.prior = each of --priors), or "
+                              "once per --variant, evaluate every run on the same test split, and print one table. "
+                              "Runs land in OUT/<prior> or OUT/<variant name>; a finished run with the same config "
+                              "is reused, so the table can be printed again without training.")
         parser.add_argument("config", nargs="?", type=Path, help="TOML configuration file")
         parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                             help="override one key (repeatable; values are TOML)")
