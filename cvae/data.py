@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .errors import CVAEError
 
-__all__ = ["TargetInfo", "ConditionInfo", "DataBundle", "TensorData", "iterate_batches", "Batch"]
+__all__ = ["TargetInfo", "ConditionInfo", "DataBundle", "TensorData", "iterate_batches", "load_array", "Batch"]
 
 Batch = tuple[dict[str, torch.Tensor], torch.Tensor]
 
@@ -152,3 +152,18 @@ def iterate_batches(data: Dataset, batch_size: int, *, shuffle: bool = False, ge
     loader = DataLoader(data, batch_sampler=[idx.tolist() for idx in batches], num_workers=0)
     for conds, y in loader:
         yield {k: v.to(device) for k, v in conds.items()}, y.to(device)
+
+
+def load_array(text: str, shape: tuple[int, ...], what: str) -> torch.Tensor:
+    """A condition given on the command line as the path of a .npy file holding one array of `shape`
+    (no pickles), as float32; `what` names it in errors."""
+    import numpy as np
+
+    try:
+        array = np.load(str(text).strip(), allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise CVAEError(f"{what} {text!r}: give the path of a .npy file holding one array of shape {shape} "
+                        f"({exc})") from None
+    if tuple(array.shape) != tuple(shape):
+        raise CVAEError(f"{what} {text!r}: the array has shape {tuple(array.shape)}, expected {tuple(shape)}")
+    return torch.from_numpy(np.asarray(array, dtype=np.float32))

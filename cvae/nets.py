@@ -11,9 +11,16 @@ from torch import nn
 from .data import TargetInfo
 from .errors import CVAEError
 
-__all__ = ["mlp", "MLPEncoder", "MLPDecoder", "build_mlp"]
+__all__ = ["activation", "mlp", "MLPEncoder", "MLPDecoder", "build_mlp"]
 
 _ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "elu": nn.ELU, "tanh": nn.Tanh, "gelu": nn.GELU}
+
+
+def activation(name: str, where: str = "") -> type[nn.Module]:
+    """The activation module class called `name`; a clear error (prefixed by `where`) for unknown names."""
+    if name not in _ACTIVATIONS:
+        raise CVAEError(f"{where + ': ' if where else ''}unknown activation {name!r}; known: {', '.join(sorted(_ACTIVATIONS))}")
+    return _ACTIVATIONS[name]
 
 
 def mlp(in_features: int, hidden: Sequence[int], out_features: int, activation: str = "silu") -> nn.Sequential:

@@ -432,3 +432,21 @@ def test_non_finite_values_in_a_checkpoint_state_do_not_pass_silently(tiny, caps
     assert code == 1 and "Traceback" not in err
     assert "step 12 (epoch 3, batch 0)" in err and "not finite" in err
     assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["step-000000006.pt", "step-000000012.pt"]
+
+
+def test_array_conditions_from_files_are_checked(tmp_path):
+    """`cvae sample --condition visible=FILE.npy`: the file must hold one plain array of the right shape."""
+    import numpy as np
+
+    from cvae.data import load_array
+
+    np.save(tmp_path / "ok.npy", np.ones((2, 3)))
+    assert load_array(str(tmp_path / "ok.npy"), (2, 3), "image condition").dtype == torch.float32
+    np.save(tmp_path / "wrong.npy", np.ones((3, 2)))
+    with pytest.raises(cvae.CVAEError, match=r"image condition .*shape \(3, 2\), expected \(2, 3\)"):
+        load_array(str(tmp_path / "wrong.npy"), (2, 3), "image condition")
+    np.save(tmp_path / "pickled.npy", np.array([{"a": 1}], dtype=object))
+    with pytest.raises(cvae.CVAEError, match=r"give the path of a \.npy file"):
+        load_array(str(tmp_path / "pickled.npy"), (1,), "image condition")
+    with pytest.raises(cvae.CVAEError, match=r"give the path of a \.npy file"):
+        load_array(str(tmp_path / "missing.npy"), (1,), "image observation")

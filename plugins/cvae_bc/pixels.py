@@ -13,9 +13,7 @@ that scale); they are moved to [-1, 1] inside.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -68,15 +66,7 @@ class PixelEncoder(nn.Module):
 
     def parse(self, text: str) -> torch.Tensor:
         """An image observation from the command line: the path of a .npy file of the image's shape."""
-        path = Path(str(text).strip())
-        try:
-            array = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise cvae.CVAEError(f"image observation {text!r}: give a .npy file holding one {self.shape} image "
-                                 f"({exc})") from None
-        if tuple(array.shape) != self.shape:
-            raise cvae.CVAEError(f"image observation {text!r} has shape {tuple(array.shape)}, expected {self.shape}")
-        return torch.from_numpy(np.asarray(array, dtype=np.float32))
+        return cvae.data.load_array(text, self.shape, "image observation")
 
     def extra_repr(self) -> str:
         return f"shape={self.shape}, out_features={self.out_features}"

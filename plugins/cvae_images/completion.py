@@ -17,10 +17,8 @@ top-right one, "quadrant3" adds the bottom-right one (only the top-left is hidde
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
@@ -186,9 +184,7 @@ class ImageConditionEncoder(nn.Module):
         channels = [int(c) for c in channels]
         if not channels or min(channels) < 1 or int(dim) < 1:
             raise cvae.CVAEError(f"condition encoder 'image': channels and dim must be >= 1, got {channels}, {dim}")
-        if activation not in cvae.nets._ACTIVATIONS:
-            raise cvae.CVAEError(f"condition encoder 'image': unknown activation {activation!r}")
-        act = cvae.nets._ACTIVATIONS[activation]
+        act = cvae.nets.activation(activation, "condition encoder 'image'")
         self.shape = tuple(int(s) for s in info.shape)
         layers: list[nn.Module] = []
         width, (h, w) = self.shape[0], self.shape[1:]
@@ -204,16 +200,7 @@ class ImageConditionEncoder(nn.Module):
     def parse(self, text: str) -> torch.Tensor:
         """An image condition from the command line: the path of a .npy file holding one array of the
         condition's shape (for completion: the image with hidden pixels zeroed, then the mask channel)."""
-        path = Path(str(text).strip())
-        try:
-            array = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise cvae.CVAEError(f"image condition {text!r}: give the path of a .npy file with an array of shape "
-                                 f"{self.shape} ({exc})") from exc
-        if tuple(array.shape) != self.shape:
-            raise cvae.CVAEError(f"image condition {text!r}: the array has shape {tuple(array.shape)}, expected "
-                                 f"{self.shape}")
-        return torch.from_numpy(np.asarray(array, dtype=np.float32))
+        return cvae.data.load_array(text, self.shape, "image condition")
 
     def extra_repr(self) -> str:
         return f"shape={self.shape}, out_features={self.out_features}"

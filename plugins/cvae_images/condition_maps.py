@@ -27,9 +27,7 @@ class ImageMapEncoder(nn.Module):
         channels = [int(c) for c in channels]
         if min(channels, default=1) < 1 or int(dim) < 1:
             raise cvae.CVAEError(f"condition encoder 'image_map': channels and dim must be >= 1, got {channels}, {dim}")
-        if activation not in cvae.nets._ACTIVATIONS:
-            raise cvae.CVAEError(f"condition encoder 'image_map': unknown activation {activation!r}")
-        act = cvae.nets._ACTIVATIONS[activation]
+        act = cvae.nets.activation(activation, "condition encoder 'image_map'")
         self.shape = tuple(int(s) for s in info.shape)
         layers: list[nn.Module] = []
         width = self.shape[0]
