@@ -54,16 +54,22 @@ def test_mode_is_the_heaviest_components_mean():
         torch.testing.assert_close(prior.mode(torch.zeros(1, 0)), mu[:, 1])
 
 
+def _mixture_model(registry, latent_dim: int, components: int, hidden: int) -> cvae.CVAE:
+    """An unconditional MLP CVAE on (4,) targets with the core mixture prior."""
+    target = cvae.TargetInfo((4,), low=-10, high=10)
+    lik = registry.get("likelihood", "gaussian_learned").build(target)
+    enc, dec = registry.get("architecture", "mlp").build(target=target, cond_features=0, latent_dim=latent_dim,
+                                                          params_per_element=2, options={"hidden": [hidden]})
+    prior = registry.get("prior", "mixture").build(cond_features=0, latent_dim=latent_dim,
+                                                   options={"components": components})
+    return cvae.CVAE(conditions={}, encoder=enc, decoder=dec, prior=prior, likelihood=lik, latent_dim=latent_dim,
+                     target=target, condition_info={})
+
+
 def test_a_model_with_the_mixture_prior_trains_and_reports_kl(core_registry):
     torch.manual_seed(0)
-    target = cvae.TargetInfo((4,), low=-10, high=10)
-    registry = core_registry
-    lik = registry.get("likelihood", "gaussian_learned").build(target)
-    enc, dec = registry.get("architecture", "mlp").build(target=target, cond_features=0, latent_dim=2,
-                                                          params_per_element=2, options={"hidden": [16]})
-    prior = registry.get("prior", "mixture").build(cond_features=0, latent_dim=2, options={"components": 4})
-    model = cvae.CVAE(conditions={}, encoder=enc, decoder=dec, prior=prior, likelihood=lik, latent_dim=2,
-                      target=target, condition_info={})
+    model = _mixture_model(core_registry, latent_dim=2, components=4, hidden=16)
+    prior = model.prior
     y = torch.cat([torch.randn(128, 4) + 3, torch.randn(128, 4) - 3])
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     first = None
@@ -82,13 +88,7 @@ def test_a_model_with_the_mixture_prior_trains_and_reports_kl(core_registry):
 
 def test_free_bits_pool_every_dimension_when_the_kl_is_one_column(core_registry):
     """A prior whose KL does not factorise gets max(KL, dims * free_bits), not one dimension's allowance."""
-    target = cvae.TargetInfo((4,))
-    lik = core_registry.get("likelihood", "gaussian_learned").build(target)
-    enc, dec = core_registry.get("architecture", "mlp").build(target=target, cond_features=0, latent_dim=3,
-                                                               params_per_element=2, options={"hidden": [8]})
-    prior = core_registry.get("prior", "mixture").build(cond_features=0, latent_dim=3, options={"components": 2})
-    model = cvae.CVAE(conditions={}, encoder=enc, decoder=dec, prior=prior, likelihood=lik, latent_dim=3,
-                      target=target, condition_info={})
+    model = _mixture_model(core_registry, latent_dim=3, components=2, hidden=8)
     y = torch.randn(32, 4)
     torch.manual_seed(0)
     plain = model({}, y)
