@@ -16,10 +16,10 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from torch import nn
 
 import cvae
 import cvae.plugins
+from conftest import TinyOneHot
 
 CLASSES = 4
 DIM = 8
@@ -60,26 +60,13 @@ def load_labelled_noise(n_train: int = 1024, n_test: int = 256, seed: int = 0) -
     return cvae.DataBundle("labelled_noise", target, info, split(n_train), split(n_test))
 
 
-class OneHot(nn.Module):
-    def __init__(self, info: cvae.ConditionInfo) -> None:
-        super().__init__()
-        self.num_classes = int(info.num_classes)
-        self.out_features = self.num_classes
-
-    def forward(self, labels: torch.Tensor) -> torch.Tensor:
-        return nn.functional.one_hot(labels.long(), self.num_classes).float()
-
-    def parse(self, text: str) -> torch.Tensor:
-        return torch.tensor(int(text))
-
-
 def make_plugin() -> types.ModuleType:
     plugin = types.ModuleType("kl_toys")
     plugin.cvae_datasets = cvae.hookimpl(lambda: [
         cvae.DatasetSpec("manifold", load_manifold, "8-D data on a curved 2-D manifold"),
         cvae.DatasetSpec("labelled_noise", load_labelled_noise, "class centres plus white noise"),
     ])
-    plugin.cvae_conditions = cvae.hookimpl(lambda: [cvae.ConditionSpec("toy_onehot", OneHot, "one-hot class")])
+    plugin.cvae_conditions = cvae.hookimpl(lambda: [cvae.ConditionSpec("toy_onehot", TinyOneHot, "one-hot class")])
     return plugin
 
 
