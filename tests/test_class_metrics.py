@@ -67,7 +67,7 @@ def real_test_images(data: cvae.DataBundle, shift: int = 0, noise: float = 0.0):
 
 def test_classifier_is_accurate_and_cached(context):
     first = fast_metrics(context)
-    assert set(first) == KEYS
+    assert set(first) == KEYS | {"reconstruction_accuracy"}  # the run's own model: its reconstructions too
     assert first["classifier_test_accuracy"] >= 0.9
     weights = context.run_dir / "classifier.pt"
     assert weights.is_file() and (context.run_dir / "classifier.json").is_file()
@@ -125,8 +125,26 @@ def test_untrained_model_is_near_chance(context):
     assert out == fast_metrics(context)  # seeded: the same figures every time
 
 
+def test_reconstruction_accuracy_judges_the_models_reconstructions(context, monkeypatch):
+    """A model that reconstructs perfectly scores the judge's own test accuracy; one whose
+    reconstructions show the next class scores near zero."""
+    data = context.data
+    monkeypatch.setattr(context.model, "reconstruct", lambda conditions, y: y)
+    perfect = fast_metrics(context, samples_per_class=0)
+    assert perfect["reconstruction_accuracy"] == pytest.approx(perfect["classifier_test_accuracy"])
+    labels = data.test.conditions["label"]
+    by_class = {c: data.test.y[labels == c] for c in range(10)}
+
+    def next_class(conditions, y):
+        return torch.stack([by_class[(int(c) + 1) % 10][0] for c in conditions["label"]])
+
+    monkeypatch.setattr(context.model, "reconstruct", next_class)
+    assert fast_metrics(context, samples_per_class=0)["reconstruction_accuracy"] < 0.1
+
+
 def test_perfect_generator_scores_one(context):
     out = fast_metrics(context, sampler=real_test_images(context.data), samples_per_class=0)
+    assert "reconstruction_accuracy" not in out  # a foreign sampler: the model's reconstructions say nothing
     assert out["sample_accuracy"] == pytest.approx(out["classifier_test_accuracy"])
     assert out["diversity_ratio"] == pytest.approx(1.0, abs=1e-9)
     assert out["frechet_ratio"] == pytest.approx(1.0, abs=1e-6)

@@ -6,6 +6,10 @@ together reach 99.4%, five 99.7%):
 
 - `classifier_test_accuracy`: the classifier's accuracy on the real test split (how far to trust it);
 - `sample_accuracy`: the fraction of samples drawn for class c that the classifier calls c;
+- `reconstruction_accuracy` (for the run's own model): the fraction of the real test split's
+  reconstructions (the posterior mean, decoded) that the classifier calls right: roughly the most that
+  prior samples can reach with this decoder. Far above `sample_accuracy`, the prior misses where the
+  posteriors are (KL too high); near it and low, the decoder cannot yet draw the classes;
 - `sample_diversity`, `real_diversity`, `diversity_ratio`: mean pairwise L2 distance in pixel space
   within a class, averaged over classes, for samples and for the real test split, and their ratio;
 - `frechet_classifier`, `frechet_classifier_real_test`, `frechet_ratio`: the Frechet distance between
@@ -267,6 +271,17 @@ def _model_sampler(context: EvalContext, label: str, train_conditions: dict[str,
     return sample
 
 
+def _reconstruction_accuracy(context: EvalContext, net: Judge, y: torch.Tensor, conditions: dict[str, torch.Tensor],
+                             labels: torch.Tensor) -> float:
+    """The judge's accuracy on the model's reconstructions of `y` (posterior mean, decoded)."""
+    preds = []
+    for start in range(0, len(y), CHUNK):
+        rows = slice(start, start + CHUNK)
+        rec = context.model.reconstruct({k: v[rows] for k, v in conditions.items()}, y[rows])
+        preds.append(_apply(net, rec.to(y.dtype))[0])
+    return float((torch.cat(preds) == labels).double().mean())
+
+
 def class_sample_metrics(context: EvalContext, *, sampler: Sampler | None = None, samples_per_class: int = 100,
                          feature_dim: int = 32, width: int = 64, steps: int = 1500, batch_size: int = 64,
                          lr: float = 2e-3, classifier_seed: int = 0, members: int = 3) -> dict[str, float] | None:
@@ -307,6 +322,7 @@ def _class_sample_metrics(context: EvalContext, label: str, sampler: Sampler | N
     out: dict[str, float] = {"classifier_test_accuracy": float((test_pred == test_labels).double().mean())}
 
     if sampler is None:
+        out["reconstruction_accuracy"] = _reconstruction_accuracy(context, net, test_y, test_c, test_labels)
         sampler = _model_sampler(context, label, train_c)
     correct = total = 0
     diversity: list[tuple[float, float]] = []
