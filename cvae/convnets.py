@@ -13,7 +13,9 @@ encoder's feature-map sizes are computed, and each transposed convolution gets t
 that restores its encoder size exactly (it always lies in [0, stride - 1]).
 
 Condition features (vectors) enter the encoder after the flatten (`condition_input="flat"`, the
-default) or as constant feature maps stacked onto the image (`"maps"`), and the decoder beside z.
+default) or as constant feature maps stacked onto the image (`"maps"`), and the decoder beside z; with
+`decoder_maps=True` they also enter every transposed convolution as constant feature maps, so the
+decoder can draw what the condition implies at each scale instead of relaying it through z's layer.
 """
 
 from __future__ import annotations
@@ -109,8 +111,9 @@ class ConvDecoder(nn.Module):
 
     def __init__(self, target: TargetInfo, cond_features: int, latent_dim: int, params_per_element: int,
                  channels: Sequence[int], kernels: Sequence[int], strides: Sequence[int], fc: int, activation: str,
-                 heights: Sequence[int], widths: Sequence[int], norm: str = "none") -> None:
+                 heights: Sequence[int], widths: Sequence[int], norm: str = "none", maps: bool = False) -> None:
         super().__init__()
+        self.maps = maps and cond_features > 0
         self.out_shape = (params_per_element, *target.shape)
         self.map_shape = (channels[-1], heights[-1], widths[-1])
         act = _ACTIVATIONS[activation]
@@ -124,7 +127,8 @@ class ConvDecoder(nn.Module):
             i = n - 1 - j  # the encoder layer this one undoes
             k, s = kernels[i], strides[i]
             pad = (_output_padding(heights[i + 1], heights[i], k, s), _output_padding(widths[i + 1], widths[i], k, s))
-            layers.append(nn.ConvTranspose2d(width, c, k, stride=s, padding=(k - 1) // 2, output_padding=pad))
+            extra = cond_features if self.maps else 0
+            layers.append(nn.ConvTranspose2d(width + extra, c, k, stride=s, padding=(k - 1) // 2, output_padding=pad))
             if j < n - 1:
                 layers += [*_norm(norm, c), act()]
             width = c
@@ -132,20 +136,28 @@ class ConvDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         x = self.fc(torch.cat([z, h], dim=1) if h.shape[1] else z).view(-1, *self.map_shape)
-        return self.deconvs(x).view(-1, *self.out_shape)
+        if not self.maps:
+            return self.deconvs(x).view(-1, *self.out_shape)
+        for layer in self.deconvs:
+            if isinstance(layer, nn.ConvTranspose2d):
+                x = torch.cat([x, h[:, :, None, None].expand(-1, -1, *x.shape[-2:])], dim=1)
+            x = layer(x)
+        return x.view(-1, *self.out_shape)
 
 
 def build_conv(*, target: TargetInfo, cond_features: int, latent_dim: int, params_per_element: int,
                channels: Sequence[int] = (32, 64, 128), kernels: Sequence[int] | None = None,
                strides: Sequence[int] | None = None, fc: int = 1024, activation: str = "relu",
-               condition_input: str = "flat", norm: str = "none", init: str = "he") -> tuple[nn.Module, nn.Module]:
+               condition_input: str = "flat", decoder_maps: bool = False, norm: str = "none",
+               init: str = "he") -> tuple[nn.Module, nn.Module]:
     """Convolutional encoder and mirrored decoder for image targets `(channels, height, width)`.
 
     `channels`: output channels of each encoder convolution (the decoder mirrors them);
     `kernels`: their square kernel sizes (default 5 for the first layer, 3 for the others);
     `strides`: their strides (default 2 each); `fc`: width of the fully connected layer on each side;
     `condition_input`: "flat" (condition features join the flattened feature map) or "maps" (they are
-    broadcast to constant feature maps stacked onto the input image); `norm`: "none" or "batch" (batch
+    broadcast to constant feature maps stacked onto the input image); `decoder_maps`: condition features
+    also join the input of every transposed convolution as constant maps; `norm`: "none" or "batch" (batch
     normalisation after each hidden convolution); `init`: "he" (He-normal hidden layers, zero biases)
     or "default" (PyTorch's own initialisation)."""
     if not target.is_image:
@@ -168,6 +180,8 @@ def build_conv(*, target: TargetInfo, cond_features: int, latent_dim: int, param
     if condition_input not in CONDITION_INPUTS:
         raise CVAEError(f"architecture 'conv': condition_input must be one of {', '.join(CONDITION_INPUTS)}, "
                         f"got {condition_input!r}")
+    if not isinstance(decoder_maps, bool):
+        raise CVAEError(f"architecture 'conv': decoder_maps must be true or false, got {decoder_maps!r}")
     if norm not in NORMS or init not in INITS:
         raise CVAEError(f"architecture 'conv': norm must be one of {', '.join(NORMS)} and init one of "
                         f"{', '.join(INITS)}; got norm={norm!r}, init={init!r}")
@@ -181,7 +195,7 @@ def build_conv(*, target: TargetInfo, cond_features: int, latent_dim: int, param
     encoder = ConvEncoder(target, cond_features, latent_dim, channels, kernels, strides, int(fc), activation,
                           condition_input, flat_shape, norm)
     decoder = ConvDecoder(target, cond_features, latent_dim, params_per_element, channels, kernels, strides, int(fc),
-                          activation, heights, widths, norm)
+                          activation, heights, widths, norm, decoder_maps)
     if init == "he":  # hidden layers only: the output layers keep small weights, so mu, log-variance and
         # the likelihood parameters start near zero
         for part in (encoder.convs, encoder.fc, decoder.fc, decoder.deconvs[:-1]):

@@ -67,6 +67,25 @@ def test_conditions_reach_encoder_and_decoder(condition_input):
         assert encoder.convs[0].in_channels == 1 + 4
 
 
+def test_decoder_maps_reach_every_transposed_convolution():
+    """With decoder_maps the condition acts at each scale: with its columns in the FC layer zeroed the
+    output still depends on it, and with the map channels zeroed too it no longer does."""
+    _, decoder = _build((1, 8, 8), cond=4, decoder_maps=True, **SMALL)
+    deconvs = [m for m in decoder.deconvs if isinstance(m, nn.ConvTranspose2d)]
+    assert [d.in_channels for d in deconvs] == [8 + 4, 8 + 4, 4 + 4]
+    with torch.no_grad():
+        decoder.fc[0].weight[:, 8:] = 0  # the FC layer no longer sees the condition
+    z, h1, h2 = torch.randn(2, 8), torch.zeros(2, 4), torch.ones(2, 4)
+    assert not torch.allclose(decoder(z, h1), decoder(z, h2))
+    with torch.no_grad():
+        for d in deconvs:
+            d.weight[d.in_channels - 4:] = 0
+    assert torch.allclose(decoder(z, h1), decoder(z, h2))
+    # without conditions there is nothing to tile
+    _, plain = _build((1, 8, 8), cond=0, decoder_maps=True, **SMALL)
+    assert [m.in_channels for m in plain.deconvs if isinstance(m, nn.ConvTranspose2d)] == [8, 8, 4]
+
+
 def test_unconditional_and_gradients():
     encoder, decoder = _build((3, 16, 16), cond=0, **SMALL)
     y, h = torch.rand(2, 3, 16, 16), torch.zeros(2, 0)
@@ -88,6 +107,7 @@ def test_kernels_default_to_the_lecture_pattern_for_other_depths():
     ((1, 8, 8), {"fc": 0}, ">= 1"),
     ((1, 8, 8), {"activation": "swish"}, "unknown activation"),
     ((1, 8, 8), {"condition_input": "both"}, "condition_input"),
+    ((1, 8, 8), {"decoder_maps": "yes"}, "decoder_maps must be true or false"),
     ((1, 1, 1), {"channels": [4], "kernels": [4]}, "odd kernel"),
     ((1, 4096, 4096), {"channels": [4], "kernels": [3], "strides": [1]}, "add stride-2 layers"),
 ])
