@@ -290,7 +290,7 @@ def test_compare_variants_on_labelled_digits(fresh_plugins, capsys, tmp_path, mo
     sets = [*TINY, "data.options={test_fraction=0.1}"]
     assert main(["compare", "--out", str(tmp_path / "cmp"), *(x for s in sets for x in ("--set", s)), *VARIANTS]) == 0
     out = capsys.readouterr().out
-    for text in ("sample acc", "Frechet ratio", "fcn-pixelcnn"):
+    for text in ("sample acc", "recon acc", "Frechet ratio", "fcn-pixelcnn"):
         assert text in out
 
 

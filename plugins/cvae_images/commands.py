@@ -32,6 +32,7 @@ COLUMNS = (  # (heading, eval.json key, format)
     ("KL", "test_kl", "{:.2f}"),
     ("active", "active_units", "{:d}"),
     ("sample acc", "sample_accuracy", "{:.1%}"),
+    ("recon acc", "reconstruction_accuracy", "{:.1%}"),
     ("diversity", "diversity_ratio", "{:.2f}"),
     ("Frechet ratio", "frechet_ratio", "{:.2f}"),
     ("corr mu", "neighbour_corr", "{:.2f}"),
