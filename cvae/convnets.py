@@ -66,6 +66,11 @@ def _he_init(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+def _with_maps(x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """`x` (batch, C, H, W) with the condition features `h` (batch, F) stacked on as F constant maps."""
+    return torch.cat([x, h[:, :, None, None].expand(-1, -1, *x.shape[-2:])], dim=1)
+
+
 def _output_padding(size_in: int, size_out: int, k: int, s: int) -> int:
     """The output padding that makes a transposed convolution (padding (k - 1) // 2) map size_in to size_out."""
     return size_out - ((size_in - 1) * s - 2 * ((k - 1) // 2) + k)
@@ -98,8 +103,7 @@ class ConvEncoder(nn.Module):
     def forward(self, y: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = (y - self.shift) * self.scale
         if self.maps:
-            x = torch.cat([x, h[:, :, None, None].expand(-1, -1, *x.shape[-2:])], dim=1)
-            hidden = self.fc(self.convs(x))
+            hidden = self.fc(self.convs(_with_maps(x, h)))
         else:
             hidden = self.fc(torch.cat([self.convs(x), h], dim=1) if h.shape[1] else self.convs(x))
         return self.mu(hidden), self.logvar(hidden)
@@ -121,13 +125,12 @@ class ConvDecoder(nn.Module):
                                 nn.Linear(fc, math.prod(self.map_shape)), act())
         outs = [*reversed(channels[:-1]), params_per_element * target.shape[0]]
         layers: list[nn.Module] = []
-        width = channels[-1]
+        width, extra = channels[-1], cond_features if self.maps else 0
         n = len(channels)
         for j, c in enumerate(outs):
             i = n - 1 - j  # the encoder layer this one undoes
             k, s = kernels[i], strides[i]
             pad = (_output_padding(heights[i + 1], heights[i], k, s), _output_padding(widths[i + 1], widths[i], k, s))
-            extra = cond_features if self.maps else 0
             layers.append(nn.ConvTranspose2d(width + extra, c, k, stride=s, padding=(k - 1) // 2, output_padding=pad))
             if j < n - 1:
                 layers += [*_norm(norm, c), act()]
@@ -139,9 +142,7 @@ class ConvDecoder(nn.Module):
         if not self.maps:
             return self.deconvs(x).view(-1, *self.out_shape)
         for layer in self.deconvs:
-            if isinstance(layer, nn.ConvTranspose2d):
-                x = torch.cat([x, h[:, :, None, None].expand(-1, -1, *x.shape[-2:])], dim=1)
-            x = layer(x)
+            x = layer(_with_maps(x, h) if isinstance(layer, nn.ConvTranspose2d) else x)
         return x.view(-1, *self.out_shape)
 
 
