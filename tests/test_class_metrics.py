@@ -135,8 +135,9 @@ def test_reconstruction_accuracy_judges_the_models_reconstructions(context, monk
     labels = data.test.conditions["label"]
     by_class = {c: data.test.y[labels == c] for c in range(10)}
 
-    def next_class(conditions, y):
-        return torch.stack([by_class[(int(c) + 1) % 10][0] for c in conditions["label"]])
+    def next_class(conditions, y):  # row i shows the i-th test image of the next class
+        shown = [by_class[(int(c) + 1) % 10] for c in conditions["label"]]
+        return torch.stack([x[i % len(x)] for i, x in enumerate(shown)])
 
     monkeypatch.setattr(context.model, "reconstruct", next_class)
     assert fast_metrics(context, samples_per_class=0)["reconstruction_accuracy"] < 0.1
