@@ -41,6 +41,9 @@ def _parser() -> tuple[argparse.ArgumentParser, Any]:
     p.add_argument("--mode", choices=("mean", "sample"), default=None, help="decode to the mean or draw (default: the run's)")
     p.add_argument("--size", default=None, metavar="HxW",
                    help="image size, e.g. 32x32, for a fully-convolutional ('fcn') model (default: the trained size)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="scale of the prior's noise (default: the run's eval.temperature, normally 1; 0.7 gives "
+                        "draws nearer the prior's mean, less diverse)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
 
@@ -48,6 +51,9 @@ def _parser() -> tuple[argparse.ArgumentParser, Any]:
     p.add_argument("run_dir", type=Path)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--iwae-samples", type=int, default=None, help="importance samples (default: the run's eval.iwae_samples)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="scale of the prior's noise for the samples that metrics judge (default: the run's "
+                        "eval.temperature, normally 1); the figure is recorded as sample_temperature")
     p.add_argument("--device", default="auto")
 
     p = sub.add_parser("doctor", help="diagnose the KL of a trained run: healthy, posterior collapse, KL too high or "
@@ -159,8 +165,9 @@ def _sample(args: argparse.Namespace) -> int:
         given[name] = model.conditions[name].parse(text).to(run.device)
     conditions, n, nrow = _sample_conditions(model, given, args.n, run.device)
     mode = args.mode or run.config["eval"]["sample_mode"]
+    temperature = run.config["eval"]["temperature"] if args.temperature is None else args.temperature
     torch.manual_seed(args.seed)
-    samples = model.sample(conditions, n=n, mode=mode, size=size).cpu()
+    samples = model.sample(conditions, n=n, mode=mode, size=size, temperature=temperature).cpu()
     if model.target.is_image:
         t = model.target
         samples = ((samples - t.low) / (t.high - t.low)).clamp(0, 1)
@@ -220,7 +227,8 @@ def _eval(args: argparse.Namespace) -> int:
     data = load_data(run.config)
     results = evaluate(run.model, data, run.device, run_dir=run.path, seed=run.config["seed"],
                        iwae_samples=args.iwae_samples or ec["iwae_samples"], batch_size=ec["batch_size"],
-                       sample_mode=ec["sample_mode"])
+                       sample_mode=ec["sample_mode"],
+                       temperature=ec["temperature"] if args.temperature is None else args.temperature)
     results = {"checkpoint": str(run.checkpoint), "epoch": run.epoch, "step": run.step, **results}
     atomic_write(run.path / "eval.json", lambda f: f.write(json.dumps(results, indent=2).encode()))
     print(json.dumps(results, indent=2) if args.json else _format_eval(results))

@@ -7,6 +7,7 @@ prints it and the README's table is checked against it by a test.
 from __future__ import annotations
 
 import copy
+import math
 import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
@@ -96,6 +97,9 @@ SCHEMA: tuple[Key, ...] = (
     Key("eval.batch_size", 256, "examples per evaluation batch", int, check=_positive, check_doc="> 0"),
     Key("eval.sample_mode", "mean", "decode samples to the likelihood's mean ('mean') or draw from it ('sample')", str,
         choices=("mean", "sample")),
+    Key("eval.temperature", 1.0, "scale of the prior's noise for the samples that metrics judge (1: the prior itself; "
+        "below 1: draws nearer its mean, less diverse)", _NUM, check=lambda v: math.isfinite(v) and v > 0,
+        check_doc="finite and > 0"),
 )
 
 _BY_NAME = {k.name: k for k in SCHEMA}

@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 
 from .data import DataBundle, iterate_batches
 from .errors import CVAEError, PluginError
-from .model import CVAE
+from .model import CVAE, check_temperature
 from .plugins import get_registry
 
 __all__ = ["EvalContext", "evaluate", "held_out_stats", "active_units"]
@@ -25,7 +25,8 @@ ACTIVE_THRESHOLD = 0.01  # Burda et al. 2016: a unit is active if Cov_x(E_q[z_u]
 class EvalContext:
     """What a metric plugin sees. `run_dir` (None outside a run) is where a metric may cache work,
     such as a classifier trained on the real training split; `seed` makes its randomness repeatable;
-    `sample_mode` is how samples are decoded ("mean" or "sample")."""
+    `sample_mode` is how samples are decoded ("mean" or "sample"); `temperature` scales the prior's noise
+    when a metric draws samples (pass it to `model.sample`)."""
 
     model: CVAE
     data: DataBundle
@@ -33,6 +34,7 @@ class EvalContext:
     run_dir: Path | None = None
     seed: int = 0
     sample_mode: str = "mean"
+    temperature: float = 1.0
 
 
 def active_units(means: torch.Tensor, threshold: float = ACTIVE_THRESHOLD) -> int:
@@ -85,14 +87,16 @@ def held_out_stats(model: CVAE, split: Dataset, device: torch.device, batch_size
 
 
 def evaluate(model: CVAE, data: DataBundle, device: torch.device, *, run_dir: Path | None = None, seed: int = 0,
-             iwae_samples: int = 100, batch_size: int = 256, sample_mode: str = "mean") -> dict[str, Any]:
+             iwae_samples: int = 100, batch_size: int = 256, sample_mode: str = "mean",
+             temperature: float = 1.0) -> dict[str, Any]:
     """Every held-out figure and every registered metric that applies, without disturbing the
     caller's random state."""
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         results = held_out_stats(model, data.test, device, batch_size, iwae_samples)
-        context = EvalContext(model, data, device, run_dir, seed, sample_mode)
+        results["sample_temperature"] = check_temperature(temperature)
+        context = EvalContext(model, data, device, run_dir, seed, sample_mode, float(temperature))
         for spec in get_registry().specs("metric"):
             try:
                 values = spec.factory()(context)

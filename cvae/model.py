@@ -12,6 +12,7 @@ its dimensions pooled: max(KL, dims * free_bits).
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from .errors import CVAEError
 from .likelihoods import Likelihood
 from .priors import Prior, gaussian_log_prob
 
-__all__ = ["CVAE", "LossTerms"]
+__all__ = ["CVAE", "LossTerms", "check_temperature"]
 
 
 @dataclass
@@ -190,12 +191,15 @@ class CVAE(nn.Module):
 
     @torch.no_grad()
     def sample(self, conditions: Mapping[str, torch.Tensor] | None = None, n: int | None = None,
-               mode: str = "mean", z: str = "prior", size: tuple[int, int] | None = None) -> torch.Tensor:
+               mode: str = "mean", z: str = "prior", size: tuple[int, int] | None = None,
+               temperature: float = 1.0) -> torch.Tensor:
         """Generate one target per row of the conditions (or `n` for a plain VAE): z from the prior
         (`z="prior"`) or at the prior's mean (`z="mean"`), then decode. `size` (height, width) asks a
-        fully-convolutional model for images of another size than it was trained on."""
+        fully-convolutional model for images of another size than it was trained on. `temperature`
+        scales the prior's noise: below 1 trades diversity for draws nearer the prior's mean."""
         if z not in ("prior", "mean"):
             raise CVAEError(f"unknown z rule {z!r}; use 'prior' or 'mean'")
+        check_temperature(temperature)
         h = self.features(conditions or {}, n)
         trained = self.prior.latent_shape
         if size is not None:
@@ -205,10 +209,27 @@ class CVAE(nn.Module):
                                 f"('fcn') samples at other sizes")
             self.prior.latent_shape = tuple(self.decoder.latent_shape_for(size))
         try:
-            latent = self.prior.sample(h) if z == "prior" else self.prior.mode(h)
+            if z == "mean":
+                latent = self.prior.mode(h)
+            elif temperature == 1:
+                latent = self.prior.sample(h)
+            else:
+                if "temperature" not in inspect.signature(self.prior.sample).parameters:
+                    raise CVAEError(f"prior {type(self.prior).__name__} cannot sample at a temperature (its sample() "
+                                    f"takes no `temperature`); sample at temperature 1")
+                latent = self.prior.sample(h, temperature=temperature)
         finally:
             self.prior.latent_shape = trained
         return self.decode(latent, h, mode)
+
+
+def check_temperature(temperature: float) -> float:
+    """A sampling temperature must be a finite number > 0 (1 draws from the prior itself)."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+            or not (math.isfinite(temperature) and temperature > 0):
+        raise CVAEError(f"temperature must be a finite number > 0 (1 samples the prior itself, 0.7 is a usual "
+                        f"lower choice), got {temperature!r}")
+    return float(temperature)
 
 
 def _free_bits(kl_per_dim: torch.Tensor, free_bits: float, group: int) -> torch.Tensor:

@@ -60,15 +60,15 @@ def _to_unit(model: CVAE, y: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def save_sample_grid(model: CVAE, data: DataBundle, path: Path, per_row: int = 10, mode: str = "mean",
-                     seed: int = 0) -> Path | None:
-    """Prior samples, one row per class; None when the targets are not images."""
+                     seed: int = 0, temperature: float = 1.0) -> Path | None:
+    """Prior samples (at `temperature`), one row per class; None when the targets are not images."""
     if not model.target.is_image:
         return None
     device = next(model.parameters()).device
     conds, _ = grid_conditions(model, data, per_row, device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        images = model.sample(conds, n=per_row * per_row, mode=mode)
+        images = model.sample(conds, n=per_row * per_row, mode=mode, temperature=temperature)
     return save_grid(_to_unit(model, images), path, nrow=per_row)
 
 

@@ -52,9 +52,11 @@ class Prior(nn.Module):
     def log_prob(self, z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         return gaussian_log_prob(z, *self.params(h))
 
-    def sample(self, h: torch.Tensor) -> torch.Tensor:
+    def sample(self, h: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """A draw from p(z | x) with its noise scaled by `temperature` (1: the prior itself; below 1:
+        nearer the mean, as in Kingma & Dhariwal 2018)."""
         mu, logvar = self.params(h)
-        return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        return mu + temperature * torch.exp(0.5 * logvar) * torch.randn_like(mu)
 
     def mode(self, h: torch.Tensor) -> torch.Tensor:
         return self.params(h)[0]
@@ -75,8 +77,9 @@ class StandardNormalPrior(Prior):
     def kl(self, q_mu: torch.Tensor, q_logvar: torch.Tensor, z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         return 0.5 * (q_logvar.exp() + q_mu**2 - 1.0 - q_logvar)
 
-    def sample(self, h: torch.Tensor) -> torch.Tensor:
-        return torch.randn(h.shape[0], *self.latent_shape, device=h.device, dtype=h.dtype)  # policy latency: one op
+    def sample(self, h: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        z = torch.randn(h.shape[0], *self.latent_shape, device=h.device, dtype=h.dtype)  # policy latency: one op
+        return z if temperature == 1 else temperature * z
 
 
 class LearnedGaussianPrior(Prior):
@@ -153,9 +156,11 @@ class MixturePrior(Prior):
         rows = torch.arange(len(h), device=h.device)
         return mu[rows, pick] + torch.exp(0.5 * logvar[rows, pick]) * eps
 
-    def sample(self, h: torch.Tensor) -> torch.Tensor:
+    def sample(self, h: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """A component drawn by its weight (temperature does not touch the weights), then its mean plus
+        `temperature` times its scale times standard normal noise."""
         n = h.shape[0]
-        return self.draw(h, torch.randn(n, self.latent_dim, device=h.device, dtype=h.dtype),
+        return self.draw(h, temperature * torch.randn(n, self.latent_dim, device=h.device, dtype=h.dtype),
                          torch.rand(n, 1, device=h.device, dtype=h.dtype))
 
     def mode(self, h: torch.Tensor) -> torch.Tensor:

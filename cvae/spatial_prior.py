@@ -109,9 +109,11 @@ class PixelCNNPrior(Prior):
     def kl(self, q_mu: torch.Tensor, q_logvar: torch.Tensor, z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         return (gaussian_log_prob(z, q_mu, q_logvar) - self.log_prob(z, h)).unsqueeze(1)
 
-    def _rollout(self, h: torch.Tensor, greedy: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _rollout(self, h: torch.Tensor, greedy: bool,
+                 temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Latent maps of `self.latent_shape` drawn one position at a time (or, `greedy`, the mean of the
-        most probable component at each), with the mean and log-variance used at each position."""
+        most probable component at each), with the mean and log-variance used at each position. A draw
+        scales each position's Gaussian noise by `temperature`; components are picked by their weights."""
         if len(self.latent_shape) != 3:
             raise CVAEError(f"prior 'pixelcnn' models latent maps (C, h, w), but this model's latents have shape "
                             f"{self.latent_shape}: use it with architecture 'fcn'")
@@ -124,12 +126,12 @@ class PixelCNNPrior(Prior):
                 log_w, mu, logvar = (t[..., r, col] for t in self.components(z, h))
                 pick = log_w.argmax(1) if greedy else torch.distributions.Categorical(logits=log_w).sample()
                 m, lv = mu[rows, pick], logvar[rows, pick]
-                z[:, :, r, col] = m if greedy else m + torch.exp(0.5 * lv) * torch.randn_like(m)
+                z[:, :, r, col] = m if greedy else m + temperature * torch.exp(0.5 * lv) * torch.randn_like(m)
                 means[:, :, r, col], logvars[:, :, r, col] = m, lv
         return z, means, logvars
 
-    def sample(self, h: torch.Tensor) -> torch.Tensor:
-        return self._rollout(h, greedy=False)[0]
+    def sample(self, h: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        return self._rollout(h, greedy=False, temperature=temperature)[0]
 
     def mode(self, h: torch.Tensor) -> torch.Tensor:
         """Greedy decoding: at each position the mean of its most probable component (not the joint mode)."""

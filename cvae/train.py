@@ -29,7 +29,8 @@ __all__ = ["Trainer", "NonFiniteLossError", "train", "resumed_config"]
 
 # Keys a resumed run may change: everything else must match the checkpoint's config.
 RESUMABLE_KEYS = ("train.epochs", "train.progress", "train.checkpoint_every", "train.checkpoint_steps", "train.keep_checkpoints",
-                  "eval.at_end", "eval.iwae_samples", "eval.batch_size", "eval.sample_mode", "device")
+                  "eval.at_end", "eval.iwae_samples", "eval.batch_size", "eval.sample_mode",
+                  "eval.temperature", "device")
 
 
 class NonFiniteLossError(CVAEError):
@@ -283,12 +284,14 @@ class Trainer:
         if not self.dist.is_main:
             return {}
         self.model.eval()
-        save_sample_grid(self.model, self.data, self.run_dir / "samples.png", mode=ec["sample_mode"], seed=self.config["seed"])
+        save_sample_grid(self.model, self.data, self.run_dir / "samples.png", mode=ec["sample_mode"], seed=self.config["seed"],
+                         temperature=ec["temperature"])
         save_reconstructions(self.model, self.data, self.run_dir / "reconstructions.png", mode=ec["sample_mode"])
         if not ec["at_end"]:
             return {}
         results = evaluate(self.model, self.data, self.device, run_dir=self.run_dir, seed=self.config["seed"],
-                           iwae_samples=ec["iwae_samples"], batch_size=ec["batch_size"], sample_mode=ec["sample_mode"])
+                           iwae_samples=ec["iwae_samples"], batch_size=ec["batch_size"], sample_mode=ec["sample_mode"],
+                           temperature=ec["temperature"])
         atomic_write(self.run_dir / "eval.json", lambda f: f.write(json.dumps(results, indent=2).encode()))
         return {"eval": results}
 

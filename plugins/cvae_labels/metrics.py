@@ -265,7 +265,7 @@ def _model_sampler(context: EvalContext, label: str, train_conditions: dict[str,
             idx = rows[torch.arange(start, min(n, start + CHUNK), device=rows.device) % len(rows)]
             conds = {k: v[idx] for k, v in train_conditions.items()}
             conds[label] = torch.full_like(conds[label], c)
-            out.append(model.sample(conds, mode=context.sample_mode))
+            out.append(model.sample(conds, mode=context.sample_mode, temperature=context.temperature))
         return torch.cat(out)
 
     return sample
