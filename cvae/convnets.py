@@ -28,7 +28,7 @@ from torch import nn
 
 from .data import TargetInfo
 from .errors import CVAEError
-from .nets import _ACTIVATIONS
+from .nets import activation as activation_class
 
 __all__ = ["ConvEncoder", "ConvDecoder", "build_conv", "feature_sizes", "DEFAULT_KERNELS"]
 
@@ -92,11 +92,11 @@ class ConvEncoder(nn.Module):
         layers: list[nn.Module] = []
         width = c_in + (cond_features if self.maps else 0)
         for c, k, s in zip(channels, kernels, strides):
-            layers += [nn.Conv2d(width, c, k, stride=s, padding=(k - 1) // 2), *_norm(norm, c), _ACTIVATIONS[activation]()]
+            layers += [nn.Conv2d(width, c, k, stride=s, padding=(k - 1) // 2), *_norm(norm, c), activation_class(activation)()]
             width = c
         self.convs = nn.Sequential(*layers, nn.Flatten())
         flat = math.prod(flat_shape)
-        self.fc = nn.Sequential(nn.Linear(flat + (0 if self.maps else cond_features), fc), _ACTIVATIONS[activation]())
+        self.fc = nn.Sequential(nn.Linear(flat + (0 if self.maps else cond_features), fc), activation_class(activation)())
         self.mu = nn.Linear(fc, latent_dim)
         self.logvar = nn.Linear(fc, latent_dim)
 
@@ -120,7 +120,7 @@ class ConvDecoder(nn.Module):
         self.maps = maps and cond_features > 0
         self.out_shape = (params_per_element, *target.shape)
         self.map_shape = (channels[-1], heights[-1], widths[-1])
-        act = _ACTIVATIONS[activation]
+        act = activation_class(activation)
         self.fc = nn.Sequential(nn.Linear(latent_dim + cond_features, fc), act(),
                                 nn.Linear(fc, math.prod(self.map_shape)), act())
         outs = [*reversed(channels[:-1]), params_per_element * target.shape[0]]
@@ -176,8 +176,7 @@ def build_conv(*, target: TargetInfo, cond_features: int, latent_dim: int, param
     if min(kernels) < 1 or min(strides) < 1 or int(fc) < 1:
         raise CVAEError(f"architecture 'conv': kernels, strides and fc must be >= 1; got kernels={kernels}, "
                         f"strides={strides}, fc={fc}")
-    if activation not in _ACTIVATIONS:
-        raise CVAEError(f"architecture 'conv': unknown activation {activation!r}; known: {', '.join(sorted(_ACTIVATIONS))}")
+    activation_class(activation, "architecture 'conv'")  # an unknown name fails here, before any layer
     if condition_input not in CONDITION_INPUTS:
         raise CVAEError(f"architecture 'conv': condition_input must be one of {', '.join(CONDITION_INPUTS)}, "
                         f"got {condition_input!r}")

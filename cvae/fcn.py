@@ -27,7 +27,7 @@ from torch import nn
 
 from .data import TargetInfo
 from .errors import CVAEError
-from .nets import _ACTIVATIONS
+from .nets import activation as activation_class
 
 __all__ = ["FCNEncoder", "FCNDecoder", "build_fcn", "condition_maps"]
 
@@ -64,7 +64,7 @@ class FCNEncoder(nn.Module):
         self.factor = 2 ** len(channels)
         finite = math.isfinite(target.low) and math.isfinite(target.high) and target.high > target.low
         self.shift, self.scale = ((target.low + target.high) / 2, 2 / (target.high - target.low)) if finite else (0.0, 1.0)
-        act = _ACTIVATIONS[activation]
+        act = activation_class(activation)
         self.stages = nn.ModuleList()
         width = target.shape[0]
         for c in channels:
@@ -96,7 +96,7 @@ class FCNDecoder(nn.Module):
         self.factor = 2 ** len(channels)
         self.latent_dim, self.params_per_element, self.image_channels = latent_dim, params_per_element, target.shape[0]
         self.latent_shape = self.latent_shape_for(target.shape[1:])
-        act = _ACTIVATIONS[activation]
+        act = activation_class(activation)
         widths = list(reversed(channels))
         self.inp = nn.Sequential(nn.Conv2d(latent_dim + cond_features, widths[0], 3, padding=1), act())
         self.stages = nn.ModuleList()
@@ -138,8 +138,7 @@ def build_fcn(*, target: TargetInfo, cond_features: int, latent_dim: int, params
     channels = [int(c) for c in channels]
     if not channels or min(channels) < 1:
         raise CVAEError(f"architecture 'fcn': channels must list at least one width >= 1, got {channels}")
-    if activation not in _ACTIVATIONS:
-        raise CVAEError(f"architecture 'fcn': unknown activation {activation!r}; known: {', '.join(sorted(_ACTIVATIONS))}")
+    activation_class(activation, "architecture 'fcn'")  # an unknown name fails here, before any layer
     factor = 2 ** len(channels)
     if any(s % factor for s in target.shape[1:]):
         raise CVAEError(f"architecture 'fcn': {len(channels)} stride-2 stages need image sides that are multiples "
