@@ -92,7 +92,9 @@ def cvae_priors() -> list:
     """Register priors p(z | x).
 
     Returns a list of `PriorSpec`; `factory(cond_features=, latent_dim=, **options)` returns a
-    `cvae.Prior` that gives `kl`, `sample` and `log_prob`.
+    `cvae.Prior` that gives `kl`, `sample` and `log_prob`. `sample(h, temperature=1.0)` should scale
+    its noise by `temperature` (subclasses of the Gaussian `cvae.Prior` inherit that); a prior whose
+    `sample` takes only `h` still works at temperature 1, and below 1 gets a clear error.
 
     Example::
 
