@@ -91,12 +91,13 @@ def evaluate(model: CVAE, data: DataBundle, device: torch.device, *, run_dir: Pa
              temperature: float = 1.0) -> dict[str, Any]:
     """Every held-out figure and every registered metric that applies, without disturbing the
     caller's random state."""
+    temperature = check_temperature(temperature)  # before the slow part
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         results = held_out_stats(model, data.test, device, batch_size, iwae_samples)
-        results["sample_temperature"] = check_temperature(temperature)
-        context = EvalContext(model, data, device, run_dir, seed, sample_mode, float(temperature))
+        results["sample_temperature"] = temperature
+        context = EvalContext(model, data, device, run_dir, seed, sample_mode, temperature)
         for spec in get_registry().specs("metric"):
             try:
                 values = spec.factory()(context)
