@@ -67,7 +67,7 @@ def real_test_images(data: cvae.DataBundle, shift: int = 0, noise: float = 0.0):
 
 def test_classifier_is_accurate_and_cached(context):
     first = fast_metrics(context)
-    assert set(first) == KEYS | {"reconstruction_accuracy"}  # the run's own model: its reconstructions too
+    assert set(first) == KEYS | {"reconstruction_accuracy", "label_swap_accuracy"}  # the run's own model: its reconstructions too
     assert first["classifier_test_accuracy"] >= 0.9
     weights = context.run_dir / "classifier.pt"
     assert weights.is_file() and (context.run_dir / "classifier.json").is_file()
@@ -143,9 +143,35 @@ def test_reconstruction_accuracy_judges_the_models_reconstructions(context, monk
     assert fast_metrics(context, samples_per_class=0)["reconstruction_accuracy"] < 0.1
 
 
+def test_label_swap_accuracy_tells_whether_the_decoder_draws_its_label(context, monkeypatch):
+    """A decoder that draws the class it is given scores about the judge's accuracy; one that draws the
+    class z carries (here z is the one-hot of the image's own class) scores near zero."""
+    data, model = context.data, context.model
+    labels = data.test.conditions["label"]
+    by_class = {c: data.test.y[labels == c] for c in range(10)}
+    table = model.conditions["label"].embedding.weight.detach()
+
+    def image_of(classes: torch.Tensor) -> torch.Tensor:
+        return torch.stack([by_class[int(c)][i % len(by_class[int(c)])] for i, c in enumerate(classes)])
+
+    def draws_its_label(z, h, mode="mean"):
+        return image_of(torch.cdist(h, table).argmin(1))
+
+    def draws_z(z, h, mode="mean"):
+        return image_of(z.argmax(1) % 10)
+
+    monkeypatch.setattr(model, "encode", lambda conditions, y: torch.nn.functional.one_hot(conditions["label"], 10).float())
+    monkeypatch.setattr(model, "decode", draws_its_label)
+    faithful = fast_metrics(context, samples_per_class=0)
+    assert faithful["label_swap_accuracy"] > 0.9 and faithful["label_swap_accuracy"] > faithful["classifier_test_accuracy"] - 0.05
+    monkeypatch.setattr(model, "decode", draws_z)
+    assert fast_metrics(context, samples_per_class=0)["label_swap_accuracy"] < 0.1
+
+
 def test_perfect_generator_scores_one(context):
     out = fast_metrics(context, sampler=real_test_images(context.data), samples_per_class=0)
     assert "reconstruction_accuracy" not in out  # a foreign sampler: the model's reconstructions say nothing
+    assert "label_swap_accuracy" not in out
     assert out["sample_accuracy"] == pytest.approx(out["classifier_test_accuracy"])
     assert out["diversity_ratio"] == pytest.approx(1.0, abs=1e-9)
     assert out["frechet_ratio"] == pytest.approx(1.0, abs=1e-6)

@@ -10,6 +10,11 @@ together reach 99.4%, five 99.7%):
   reconstructions (the posterior mean, decoded) that the classifier calls right: roughly the most that
   prior samples can reach with this decoder. Far above `sample_accuracy`, the prior misses where the
   posteriors are (KL too high); near it and low, the decoder cannot yet draw the classes;
+- `label_swap_accuracy` (for the run's own model, two classes or more): the fraction of the real test
+  split's posterior means, decoded with the next class's label, that the classifier calls that next
+  class. Near `reconstruction_accuracy`, the decoder draws the class it is given; far below it, the
+  decoder reads the class from z and ignores the label, so prior draws that land between the classes'
+  posteriors come out as the wrong class or a blend;
 - `sample_diversity`, `real_diversity`, `diversity_ratio`: mean pairwise L2 distance in pixel space
   within a class, averaged over classes, for samples and for the real test split, and their ratio;
 - `frechet_classifier`, `frechet_classifier_real_test`, `frechet_ratio`: the Frechet distance between
@@ -282,6 +287,22 @@ def _reconstruction_accuracy(context: EvalContext, net: Judge, y: torch.Tensor, 
     return float((torch.cat(preds) == labels).double().mean())
 
 
+def _label_swap_accuracy(context: EvalContext, net: Judge, y: torch.Tensor, conditions: dict[str, torch.Tensor],
+                         label: str, labels: torch.Tensor, num_classes: int) -> float:
+    """How often the judge calls a test image's posterior mean, decoded with the next class's label,
+    that next class: near the reconstruction accuracy when the decoder draws the class it is given,
+    near zero when it draws the class that z carries."""
+    model, preds = context.model, []
+    wanted = (labels + 1) % num_classes
+    for start in range(0, len(y), CHUNK):
+        rows = slice(start, start + CHUNK)
+        conds = {k: v[rows] for k, v in conditions.items()}
+        z = model.encode(conds, y[rows])
+        swapped = {**conds, label: wanted[rows].to(conds[label].dtype)}
+        preds.append(_apply(net, model.decode(z, model.features(swapped)).to(y.dtype))[0])
+    return float((torch.cat(preds) == wanted).double().mean())
+
+
 def class_sample_metrics(context: EvalContext, *, sampler: Sampler | None = None, samples_per_class: int = 100,
                          feature_dim: int = 32, width: int = 64, steps: int = 1500, batch_size: int = 64,
                          lr: float = 2e-3, classifier_seed: int = 0, members: int = 3) -> dict[str, float] | None:
@@ -323,6 +344,9 @@ def _class_sample_metrics(context: EvalContext, label: str, sampler: Sampler | N
 
     if sampler is None:
         out["reconstruction_accuracy"] = _reconstruction_accuracy(context, net, test_y, test_c, test_labels)
+        if int(info.num_classes) > 1:
+            out["label_swap_accuracy"] = _label_swap_accuracy(context, net, test_y, test_c, label, test_labels,
+                                                              int(info.num_classes))
         sampler = _model_sampler(context, label, train_c)
     correct = total = 0
     diversity: list[tuple[float, float]] = []
