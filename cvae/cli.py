@@ -237,12 +237,12 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _format_eval(results: dict[str, Any]) -> str:
     lines = []
-    for key, value in results.items():
-        if isinstance(value, list):
-            continue
+    shown = {k: v for k, v in results.items() if not isinstance(v, list)}
+    width = max(map(len, shown), default=0)
+    for key, value in shown.items():
         if isinstance(value, float):
             value = f"{value:.4g}"
-        lines.append(f"  {key:<28} {value}")
+        lines.append(f"  {key:<{width}} {value}")
     return "\n".join(lines)
 
 

@@ -19,7 +19,8 @@ from cvae_digits import load_digits_bundle
 from cvae_labels.metrics import class_sample_metrics, frechet_distance
 
 KEYS = {"classifier_test_accuracy", "sample_accuracy", "sample_diversity", "real_diversity", "diversity_ratio",
-        "frechet_classifier", "frechet_classifier_real_test", "frechet_ratio"}
+        "frechet_classifier", "frechet_classifier_real_test", "frechet_ratio", "nearest_train_distance",
+        "nearest_train_distance_real_test", "novelty_ratio"}
 
 
 def untrained_cvae(data: cvae.DataBundle, onehot: bool = False) -> cvae.CVAE:
@@ -175,6 +176,25 @@ def test_perfect_generator_scores_one(context):
     assert out["sample_accuracy"] == pytest.approx(out["classifier_test_accuracy"])
     assert out["diversity_ratio"] == pytest.approx(1.0, abs=1e-9)
     assert out["frechet_ratio"] == pytest.approx(1.0, abs=1e-6)
+    assert out["novelty_ratio"] == pytest.approx(1.0, abs=1e-9)  # held-out images: as far from training as the test split
+
+
+def test_copies_of_training_images_are_flagged(context):
+    """A sampler that returns training images scores well on accuracy and diversity, and its novelty
+    ratio is zero; training images plus a little noise stay far below held-out images."""
+    labels = context.data.train.conditions["label"]
+
+    def copies(c: int, n: int, noise: float = 0.0) -> torch.Tensor:
+        x = context.data.train.y[labels == c]
+        x = x[torch.arange(n) % len(x)]
+        return (x + noise * torch.randn(x.shape, generator=torch.Generator().manual_seed(c))).clamp(0, 1)
+
+    out = fast_metrics(context, sampler=copies)
+    assert out["sample_accuracy"] > 0.9 and out["diversity_ratio"] > 0.8
+    assert out["nearest_train_distance"] == 0.0 and out["novelty_ratio"] == 0.0
+    assert out["nearest_train_distance_real_test"] > 0
+    noisy = fast_metrics(context, sampler=functools.partial(copies, noise=0.02))
+    assert 0 < noisy["novelty_ratio"] < 0.5
 
 
 def test_nearly_perfect_generator_scores_near_one(context):
@@ -182,6 +202,7 @@ def test_nearly_perfect_generator_scores_near_one(context):
     assert out["sample_accuracy"] > 0.9
     assert out["diversity_ratio"] == pytest.approx(1.0, abs=0.05)
     assert 0.8 < out["frechet_ratio"] < 1.3
+    assert 0.9 < out["novelty_ratio"] < 1.2
 
 
 def test_wrong_classes_are_caught(context):

@@ -4,6 +4,7 @@ errors without tracebacks, and what `train`, `sample`, `eval` and `plugins` writ
 from __future__ import annotations
 
 import json
+import re
 import math
 import os
 import shutil
@@ -250,7 +251,10 @@ def test_eval_json(run_copy, capsys):
     code, stdout, _ = run_cli(capsys, "eval", run_copy)
     assert code == 0
     assert "test_elbo" in stdout and "nll_nats" in stdout and "kl_per_dim" not in stdout  # lists are left out
-    assert "iwae_samples                 32" in stdout  # the run's own eval.iwae_samples
+    assert re.search(r"^  iwae_samples +32$", stdout, re.M)  # the run's own eval.iwae_samples
+    rows = [line for line in stdout.splitlines() if line.startswith("  ")]
+    value_columns = {len(row) - len(row[2:].split(None, 1)[1]) for row in rows}
+    assert len(rows) > 5 and len(value_columns) == 1  # values line up, however long the longest name
 
 
 def test_eval_errors_exit_2(tiny, tiny_run, capsys, tmp_path):

@@ -141,6 +141,13 @@ def _mean_pairwise_distance(x: torch.Tensor) -> float:
     return float(torch.pdist(x).mean())
 
 
+def _mean_nearest_distance(x: torch.Tensor, reference: torch.Tensor) -> float:
+    """Mean over the rows of `x` of the L2 distance (flattened) to the nearest row of `reference`."""
+    reference = reference.flatten(1).double()
+    nearest = [torch.cdist(chunk.flatten(1).double(), reference).min(1).values for chunk in x.split(256)]
+    return float(torch.cat(nearest).mean())
+
+
 def _gather(split: torch.utils.data.Dataset, device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """A whole split as tensors on `device`."""
     ys, conds = [], []
@@ -351,6 +358,7 @@ def _class_sample_metrics(context: EvalContext, label: str, sampler: Sampler | N
     correct = total = 0
     diversity: list[tuple[float, float]] = []
     frechet: list[tuple[float, float]] = []
+    nearest: list[tuple[float, float]] = []
     torch.manual_seed(context.seed)
     for c in range(int(info.num_classes)):
         in_test, in_train = test_labels == c, train_labels == c
@@ -369,6 +377,9 @@ def _class_sample_metrics(context: EvalContext, label: str, sampler: Sampler | N
         total += n
         if n >= 2 and n_test >= 2:
             diversity.append((_mean_pairwise_distance(samples), _mean_pairwise_distance(test_y[in_test])))
+        if n_test >= 1 and int(in_train.sum()) >= 1:
+            nearest.append((_mean_nearest_distance(samples, train_y[in_train]),
+                            _mean_nearest_distance(test_y[in_test], train_y[in_train])))
         if n_test >= 2 and int(in_train.sum()) >= 2:
             reference = train_feats[in_train].cpu().numpy()
             frechet.append((frechet_distance(feats[:n_test].cpu().numpy(), reference),
@@ -386,6 +397,11 @@ def _class_sample_metrics(context: EvalContext, label: str, sampler: Sampler | N
         out.update(frechet_classifier=fd_samples, frechet_classifier_real_test=fd_real)
         if fd_real > 0:
             out["frechet_ratio"] = fd_samples / fd_real
+    if nearest:
+        nn_samples, nn_real = (float(np.mean(v)) for v in zip(*nearest))
+        out.update(nearest_train_distance=nn_samples, nearest_train_distance_real_test=nn_real)
+        if nn_real > 0:
+            out["novelty_ratio"] = nn_samples / nn_real
     return out
 
 
