@@ -237,10 +237,13 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _format_eval(results: dict[str, Any]) -> str:
     lines = []
-    shown = {k: v for k, v in results.items() if not isinstance(v, list)}
+    # figures per class are shown; other lists (the KL of every latent dimension) stay in eval.json
+    shown = {k: v for k, v in results.items() if not isinstance(v, list) or k.endswith("_by_class")}
     width = max(map(len, shown), default=0)
     for key, value in shown.items():
-        if isinstance(value, float):
+        if isinstance(value, list):
+            value = " ".join("-" if v is None else f"{v:.3g}" for v in value)
+        elif isinstance(value, float):
             value = f"{value:.4g}"
         lines.append(f"  {key:<{width}} {value}")
     return "\n".join(lines)

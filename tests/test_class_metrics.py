@@ -20,7 +20,8 @@ from cvae_labels.metrics import class_sample_metrics, frechet_distance
 
 KEYS = {"classifier_test_accuracy", "sample_accuracy", "sample_diversity", "real_diversity", "diversity_ratio",
         "frechet_classifier", "frechet_classifier_real_test", "frechet_ratio", "nearest_train_distance",
-        "nearest_train_distance_real_test", "novelty_ratio"}
+        "nearest_train_distance_real_test", "novelty_ratio", "sample_accuracy_by_class"}
+OWN_MODEL = {"reconstruction_accuracy", "reconstruction_accuracy_by_class", "label_swap_accuracy"}
 
 
 def untrained_cvae(data: cvae.DataBundle, onehot: bool = False) -> cvae.CVAE:
@@ -68,7 +69,7 @@ def real_test_images(data: cvae.DataBundle, shift: int = 0, noise: float = 0.0):
 
 def test_classifier_is_accurate_and_cached(context):
     first = fast_metrics(context)
-    assert set(first) == KEYS | {"reconstruction_accuracy", "label_swap_accuracy"}  # the run's own model: its reconstructions too
+    assert set(first) == KEYS | OWN_MODEL  # the run's own model: its reconstructions too
     assert first["classifier_test_accuracy"] >= 0.9
     weights = context.run_dir / "classifier.pt"
     assert weights.is_file() and (context.run_dir / "classifier.json").is_file()
@@ -141,7 +142,11 @@ def test_reconstruction_accuracy_judges_the_models_reconstructions(context, monk
         return torch.stack([x[i % len(x)] for i, x in enumerate(shown)])
 
     monkeypatch.setattr(context.model, "reconstruct", next_class)
-    assert fast_metrics(context, samples_per_class=0)["reconstruction_accuracy"] < 0.1
+    wrong = fast_metrics(context, samples_per_class=0)
+    assert wrong["reconstruction_accuracy"] < 0.1
+    counts = torch.bincount(labels, minlength=10).tolist()  # the overall figure is the classes' weighted mean
+    assert sum(a * n for a, n in zip(wrong["reconstruction_accuracy_by_class"], counts)) / sum(counts) == pytest.approx(
+        wrong["reconstruction_accuracy"])
 
 
 def test_label_swap_accuracy_tells_whether_the_decoder_draws_its_label(context, monkeypatch):
@@ -212,6 +217,17 @@ def test_wrong_classes_are_caught(context):
     assert out["diversity_ratio"] == pytest.approx(1.0, rel=0.2)  # diverse, just the wrong digits
 
 
+def test_accuracy_by_class_finds_the_class_that_fails(context):
+    """A generator right for every class but 3 (it draws 4s there) is caught in that class alone."""
+    right = real_test_images(context.data)
+    wrong = real_test_images(context.data, shift=1)
+    out = fast_metrics(context, sampler=lambda c, n: wrong(c, n) if c == 3 else right(c, n))
+    by_class = out["sample_accuracy_by_class"]
+    assert len(by_class) == 10 and by_class[3] < 0.1
+    assert min(a for c, a in enumerate(by_class) if c != 3) > 0.8
+    assert out["sample_accuracy"] == pytest.approx(sum(by_class) / 10)  # 100 samples of each class
+
+
 def test_collapsed_generator_has_no_diversity(context):
     labels = context.data.train.conditions["label"]
 
@@ -246,7 +262,8 @@ def test_registered_metric_runs_inside_evaluate(digits, tmp_path, fresh_plugins)
     assert spec.plugin == "labels"
     model = untrained_cvae(digits, onehot=True)
     results = cvae.evaluate(model, digits, torch.device("cpu"), run_dir=tmp_path, iwae_samples=2)
-    assert KEYS <= set(results) and all(isinstance(results[k], float) for k in KEYS)
+    assert KEYS <= set(results) and all(isinstance(results[k], float) for k in KEYS - {"sample_accuracy_by_class"})
+    assert len(results["sample_accuracy_by_class"]) == 10
     assert (tmp_path / "classifier.pt").is_file()
 
 

@@ -4,9 +4,9 @@ errors without tracebacks, and what `train`, `sample`, `eval` and `plugins` writ
 from __future__ import annotations
 
 import json
-import re
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -348,3 +348,13 @@ def test_python_dash_m_cvae_plugins_json():
     assert core["name"] == "core" and core["distribution"] == "cvae"
     assert "cvae_likelihoods" in core["hooks"] and "gaussian" in core["components"]["likelihood"]
     assert listing["failed"] == [] and listing["error"] is None
+
+
+def test_eval_output_shows_figures_by_class_but_not_other_lists():
+    from cvae.cli import _format_eval
+
+    text = _format_eval({"sample_accuracy": 0.75, "sample_accuracy_by_class": [0.5, None, 1.0],
+                         "kl_per_dim": [0.1, 0.2], "latent_dim": 2})
+    assert re.search(r"^  sample_accuracy_by_class 0\.5 - 1$", text, re.M)
+    assert re.search(r"^  sample_accuracy +0\.75$", text, re.M)
+    assert "kl_per_dim" not in text and "latent_dim" in text

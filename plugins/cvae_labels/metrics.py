@@ -5,11 +5,13 @@ accuracy depending on its seed, and calls the same samples right 98.3% to 99.1% 
 together reach 99.4%, five 99.7%):
 
 - `classifier_test_accuracy`: the classifier's accuracy on the real test split (how far to trust it);
-- `sample_accuracy`: the fraction of samples drawn for class c that the classifier calls c;
+- `sample_accuracy`: the fraction of samples drawn for class c that the classifier calls c, over all
+  classes, and `sample_accuracy_by_class` for each (a list indexed by class);
 - `reconstruction_accuracy` (for the run's own model): the fraction of the real test split's
   reconstructions (the posterior mean, decoded) that the classifier calls right: roughly the most that
   prior samples can reach with this decoder. Far above `sample_accuracy`, the prior misses where the
   posteriors are (KL too high); near it and low, the decoder cannot yet draw the classes;
+  `reconstruction_accuracy_by_class` for each class;
 - `label_swap_accuracy` (for the run's own model, two classes or more): the fraction of the real test
   split's posterior means, decoded with the next class's label, that the classifier calls that next
   class. Near `reconstruction_accuracy`, the decoder draws the class it is given; far below it, the
@@ -283,15 +285,21 @@ def _model_sampler(context: EvalContext, label: str, train_conditions: dict[str,
     return sample
 
 
+def _by_class(correct: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float | None]:
+    """The mean of `correct` within each class (None for a class with no rows)."""
+    return [float(correct[labels == c].double().mean()) if bool((labels == c).any()) else None
+            for c in range(num_classes)]
+
+
 def _reconstruction_accuracy(context: EvalContext, net: Judge, y: torch.Tensor, conditions: dict[str, torch.Tensor],
-                             labels: torch.Tensor) -> float:
-    """The judge's accuracy on the model's reconstructions of `y` (posterior mean, decoded)."""
+                             labels: torch.Tensor) -> torch.Tensor:
+    """Whether the judge calls each of the model's reconstructions of `y` (posterior mean, decoded) right."""
     preds = []
     for start in range(0, len(y), CHUNK):
         rows = slice(start, start + CHUNK)
         rec = context.model.reconstruct({k: v[rows] for k, v in conditions.items()}, y[rows])
         preds.append(_apply(net, rec.to(y.dtype))[0])
-    return float((torch.cat(preds) == labels).double().mean())
+    return torch.cat(preds) == labels
 
 
 def _label_swap_accuracy(context: EvalContext, net: Judge, y: torch.Tensor, conditions: dict[str, torch.Tensor],
@@ -312,7 +320,7 @@ def _label_swap_accuracy(context: EvalContext, net: Judge, y: torch.Tensor, cond
 
 def class_sample_metrics(context: EvalContext, *, sampler: Sampler | None = None, samples_per_class: int = 100,
                          feature_dim: int = 32, width: int = 64, steps: int = 1500, batch_size: int = 64,
-                         lr: float = 2e-3, classifier_seed: int = 0, members: int = 3) -> dict[str, float] | None:
+                         lr: float = 2e-3, classifier_seed: int = 0, members: int = 3) -> dict[str, Any] | None:
     """Every figure named in the module docstring, or None when the data has no class-label condition
     or its targets are not images. For class c, max(samples_per_class, test examples of c) samples are
     drawn (by `sampler`, the run's model by default, seeded with `context.seed` without disturbing
@@ -333,7 +341,7 @@ def class_sample_metrics(context: EvalContext, *, sampler: Sampler | None = None
 
 
 def _class_sample_metrics(context: EvalContext, label: str, sampler: Sampler | None, samples_per_class: int,
-                          classifier: dict[str, Any]) -> dict[str, float]:
+                          classifier: dict[str, Any]) -> dict[str, Any]:
     info = context.data.conditions[label]
     device = context.device
     train_y, train_c = _gather(context.data.train, device)
@@ -347,15 +355,18 @@ def _class_sample_metrics(context: EvalContext, label: str, sampler: Sampler | N
 
     test_pred, test_feats = _apply(net, test_y)
     _, train_feats = _apply(net, train_y)
-    out: dict[str, float] = {"classifier_test_accuracy": float((test_pred == test_labels).double().mean())}
+    out: dict[str, Any] = {"classifier_test_accuracy": float((test_pred == test_labels).double().mean())}
 
     if sampler is None:
-        out["reconstruction_accuracy"] = _reconstruction_accuracy(context, net, test_y, test_c, test_labels)
+        right = _reconstruction_accuracy(context, net, test_y, test_c, test_labels)
+        out["reconstruction_accuracy"] = float(right.double().mean())
+        out["reconstruction_accuracy_by_class"] = _by_class(right, test_labels, int(info.num_classes))
         if int(info.num_classes) > 1:
             out["label_swap_accuracy"] = _label_swap_accuracy(context, net, test_y, test_c, label, test_labels,
                                                               int(info.num_classes))
         sampler = _model_sampler(context, label, train_c)
     correct = total = 0
+    by_class: list[float | None] = [None] * int(info.num_classes)
     diversity: list[tuple[float, float]] = []
     frechet: list[tuple[float, float]] = []
     nearest: list[tuple[float, float]] = []
@@ -375,6 +386,7 @@ def _class_sample_metrics(context: EvalContext, label: str, sampler: Sampler | N
         pred, feats = _apply(net, samples.to(test_y.dtype))
         correct += int((pred == c).sum())
         total += n
+        by_class[c] = float((pred == c).double().mean())
         if n >= 2 and n_test >= 2:
             diversity.append((_mean_pairwise_distance(samples), _mean_pairwise_distance(test_y[in_test])))
         if n_test >= 1 and int(in_train.sum()) >= 1:
@@ -387,6 +399,7 @@ def _class_sample_metrics(context: EvalContext, label: str, sampler: Sampler | N
 
     if total:
         out["sample_accuracy"] = correct / total
+        out["sample_accuracy_by_class"] = by_class
     if diversity:
         sample_div, real_div = (float(np.mean(v)) for v in zip(*diversity))
         out.update(sample_diversity=sample_div, real_diversity=real_div)
@@ -406,13 +419,13 @@ def _class_sample_metrics(context: EvalContext, label: str, sampler: Sampler | N
 
 
 def make_class_metric(*, samples_per_class: int = 100, feature_dim: int = 32, steps: int = 1500,
-                      classifier_seed: int = 0, members: int = 3) -> Callable[[EvalContext], dict[str, float] | None]:
+                      classifier_seed: int = 0, members: int = 3) -> Callable[[EvalContext], dict[str, Any] | None]:
     """The `class_samples` metric: `metric(context)` gives the figures of `class_sample_metrics`."""
     if samples_per_class < 0 or feature_dim < 1 or steps < 1 or members < 1:
         raise cvae.CVAEError(f"metric 'class_samples': need samples_per_class >= 0, feature_dim >= 1, steps >= 1, "
                              f"members >= 1; got {samples_per_class}, {feature_dim}, {steps}, {members}")
 
-    def metric(context: EvalContext) -> dict[str, float] | None:
+    def metric(context: EvalContext) -> dict[str, Any] | None:
         return class_sample_metrics(context, samples_per_class=samples_per_class, feature_dim=feature_dim,
                                     steps=steps, classifier_seed=classifier_seed, members=members)
 
