@@ -27,6 +27,8 @@ def cvae_priors() -> list[PriorSpec]:
         PriorSpec("standard", priors.StandardNormalPrior, "fixed N(0, I)"),
         PriorSpec("learned", priors.LearnedGaussianPrior, "Gaussian p(z | x) from an MLP over the condition features"),
         PriorSpec("mixture", priors.MixturePrior, "mixture of Gaussians p(z | x) (option components); KL by sampling"),
+        PriorSpec("fitted_mixture", priors.FittedMixturePrior, "mixture of Gaussians per condition, fitted after training "
+                  "to the aggregate posterior by `cvae fit-prior`"),
         PriorSpec("pixelcnn", spatial_prior.PixelCNNPrior, "autoregressive prior over latent maps (architecture "
                   "'fcn'): masked convolutions, Gaussians per position; KL by sampling"),
     ]

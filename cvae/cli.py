@@ -62,12 +62,21 @@ def _parser() -> tuple[argparse.ArgumentParser, Any]:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--device", default="auto")
 
+    p = sub.add_parser("fit-prior", help="fit a Gaussian mixture per condition to a trained run's aggregate "
+                       "posterior and write a run that samples from it")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="the new run directory (the trained run is only read)")
+    p.add_argument("--components", type=int, default=50, help="Gaussians per distinct condition (default 50)")
+    p.add_argument("--draws", type=int, default=1, help="posterior draws per training example to fit (default 1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+
     p = sub.add_parser("plugins", help="list plugins, their hooks and components, and failures")
     p.add_argument("--json", action="store_true", help="print JSON")
     return parser, sub
 
 
-BUILT_IN = ("train", "sample", "eval", "doctor", "plugins")
+BUILT_IN = ("train", "sample", "eval", "doctor", "fit-prior", "plugins")
 
 
 def _plugin_commands(argv: Sequence[str]) -> dict[str, object]:
@@ -85,7 +94,8 @@ def _plugin_commands(argv: Sequence[str]) -> dict[str, object]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser, sub = _parser()
     commands = _plugin_commands(sys.argv[1:] if argv is None else argv)
-    handlers = {"train": _train, "sample": _sample, "eval": _eval, "doctor": _doctor, "plugins": _plugins}
+    handlers = {"train": _train, "sample": _sample, "eval": _eval, "doctor": _doctor, "fit-prior": _fit_prior,
+                "plugins": _plugins}
     for name, command in commands.items():
         if name in handlers:
             print(f"cvae: warning: a plugin command {name!r} clashes with a built-in one and is ignored", file=sys.stderr)
@@ -218,20 +228,44 @@ def _sample_conditions(model: Any, given: dict, n: int | None, device: Any) -> t
 
 def _eval(args: argparse.Namespace) -> int:
     from .build import load_data
-    from .checkpoint import atomic_write
-    from .evaluate import evaluate
     from .runs import load_run
 
     run = load_run(args.run_dir, args.device)
+    results = _evaluate_run(run, load_data(run.config), args.iwae_samples, args.temperature)
+    print(json.dumps(results, indent=2) if args.json else _format_eval(results))
+    return 0
+
+
+def _evaluate_run(run: Any, data: Any, iwae_samples: int | None = None, temperature: float | None = None) -> dict[str, Any]:
+    """Evaluate a run (`cvae.Run`) with its own eval settings unless given, and write its eval.json."""
+    from .checkpoint import atomic_write
+    from .evaluate import evaluate
+
     ec = run.config["eval"]
-    data = load_data(run.config)
     results = evaluate(run.model, data, run.device, run_dir=run.path, seed=run.config["seed"],
-                       iwae_samples=args.iwae_samples or ec["iwae_samples"], batch_size=ec["batch_size"],
-                       sample_mode=ec["sample_mode"],
-                       temperature=ec["temperature"] if args.temperature is None else args.temperature)
+                       iwae_samples=iwae_samples or ec["iwae_samples"], batch_size=ec["batch_size"],
+                       sample_mode=ec["sample_mode"], temperature=ec["temperature"] if temperature is None else temperature)
     results = {"checkpoint": str(run.checkpoint), "epoch": run.epoch, "step": run.step, **results}
     atomic_write(run.path / "eval.json", lambda f: f.write(json.dumps(results, indent=2).encode()))
-    print(json.dumps(results, indent=2) if args.json else _format_eval(results))
+    return results
+
+
+def _fit_prior(args: argparse.Namespace) -> int:
+    from .expost import fit_prior
+    from .pictures import save_sample_grid
+    from .runs import load_run
+
+    _, data, config = fit_prior(args.run_dir, args.out, components=args.components, draws=args.draws, seed=args.seed,
+                                device=args.device)
+    run = load_run(args.out, args.device)
+    keys = len(run.model.prior.keys)
+    print(f"fitted {args.components} Gaussians for each of {keys} condition value{'s' * (keys > 1)} to "
+          f"{args.draws * len(data.train)} posterior draws of the training split -> {args.out}")
+    ec = config["eval"]
+    save_sample_grid(run.model, data, args.out / "samples.png", mode=ec["sample_mode"], seed=config["seed"],
+                     temperature=ec["temperature"])
+    if ec["at_end"]:
+        print(_format_eval(_evaluate_run(run, data)))
     return 0
 
 

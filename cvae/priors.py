@@ -1,5 +1,6 @@
 """Priors p(z | x): the fixed standard normal, a Gaussian whose mean and scale a network computes from
-the condition features (Sohn et al. 2015), and a mixture of such Gaussians."""
+the condition features (Sohn et al. 2015), a mixture of such Gaussians, and a mixture fitted after
+training to the aggregate posterior of each condition (`cvae fit-prior`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from torch import nn
 from .errors import CVAEError
 from .nets import mlp
 
-__all__ = ["Prior", "StandardNormalPrior", "LearnedGaussianPrior", "MixturePrior", "gaussian_kl", "gaussian_log_prob"]
+__all__ = ["Prior", "StandardNormalPrior", "LearnedGaussianPrior", "MixturePrior", "FittedMixturePrior", "gaussian_kl",
+           "gaussian_log_prob"]
 
 
 def gaussian_kl(q_mu: torch.Tensor, q_logvar: torch.Tensor, p_mu: torch.Tensor, p_logvar: torch.Tensor) -> torch.Tensor:
@@ -167,3 +169,29 @@ class MixturePrior(Prior):
         """The mean of the most probable component."""
         log_w, mu, _ = self.components(h)
         return mu[torch.arange(len(h), device=h.device), log_w.argmax(1)]
+
+
+class FittedMixturePrior(MixturePrior):
+    """A mixture of `components` diagonal Gaussians for each of `keys` distinct condition-feature rows, fitted
+    after training to the training split's posterior draws with those conditions (ex-post density
+    estimation, as in Ghosh et al. 2020): the aggregate posterior is the prior that best fits a trained
+    encoder, and a single Gaussian per condition leaves holes in it that decode to implausible samples.
+    `cvae fit-prior` fits the tables (buffers, saved in the checkpoint); a row of condition features uses
+    the nearest key's mixture. Nothing here is trained by gradient."""
+
+    def __init__(self, *, cond_features: int, latent_dim: int, components: int = 50, keys: int = 1) -> None:
+        Prior.__init__(self, latent_dim)
+        if int(components) < 1 or int(keys) < 1:
+            raise CVAEError(f"prior 'fitted_mixture': components and keys must be >= 1, got {components} and {keys}")
+        self.k = int(components)
+        self.register_buffer("keys", torch.zeros(int(keys), cond_features))
+        self.register_buffer("log_weights", torch.full((int(keys), self.k), -math.log(self.k)))
+        self.register_buffer("means", torch.zeros(int(keys), self.k, latent_dim))
+        self.register_buffer("logvars", torch.zeros(int(keys), self.k, latent_dim))
+
+    def components(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if len(self.keys) == 1:
+            rows = torch.zeros(len(h), dtype=torch.long, device=h.device)
+        else:
+            rows = torch.cdist(h.to(self.keys.dtype), self.keys).argmin(1)
+        return self.log_weights[rows], self.means[rows], self.logvars[rows]

@@ -331,6 +331,9 @@ def _resumable(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
             raise CVAEError(f"{run_dir / 'config.json'} is unreadable ({exc}) and there is no checkpoint in {ckpt_dir}: "
                             f"start the run again without --resume") from None
     state = load_checkpoint(latest_checkpoint(ckpt_dir))
+    if "fitted_prior" in state:
+        raise CVAEError(f"{run_dir} holds a prior fitted after training (`cvae fit-prior`, from "
+                        f"{state['fitted_prior']['from']}); it cannot be trained further: resume that run instead")
     return state["config"], state
 
 

@@ -74,7 +74,8 @@ def main(run_dir: str, *components: str) -> None:
     samplers["exemplars q(z | x_n, c)"] = exemplar_sampler(run.model, labels, mu, logvar)
     for name, sampler in samplers.items():
         out = class_sample_metrics(context, sampler=sampler)
-        print(f"{name:<24}", "  ".join(f"{k} {out[k]:.3g}" for k in FIGURES), flush=True)
+        by_class = " ".join(f"{a:.2f}" for a in out["sample_accuracy_by_class"])
+        print(f"{name:<24}", "  ".join(f"{k} {out[k]:.3g}" for k in FIGURES), f" by class {by_class}", flush=True)
 
 
 if __name__ == "__main__":

@@ -53,11 +53,33 @@ def test_every_shape_class_renders_differently():
             assert (images[i] - images[j]).abs().sum() > 255 * 10, (SHAPE_NAMES[i], SHAPE_NAMES[j])
 
 
+def _box_fill(image: torch.Tensor) -> float:
+    """The fraction of the shape's bounding box that the shape covers (background: the corner pixel)."""
+    away = (image.float() - image[:, :1, :1].float()).abs().sum(0)
+    rows, cols = (away > away.max() / 2).nonzero(as_tuple=True)
+    box = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+    return float(len(rows) / box)
+
+
+def test_shapes_without_rotation_stand_upright():
+    upright = load_shapes(n_train=60, n_test=6, size=48, rotate=False).train
+    turned = load_shapes(n_train=60, n_test=6, size=48).train
+    labels = upright.conditions["label"]
+    for name in ("circle", "ring"):  # rotation leaves these alone: the same images
+        rows = labels == SHAPE_NAMES.index(name)
+        assert (upright.y[rows].float() - turned.y[rows].float()).abs().mean() < 0.5
+    squares = (labels == SHAPE_NAMES.index("square")).nonzero().flatten().tolist()
+    assert min(_box_fill(upright.y[i]) for i in squares) > 0.9  # axis-aligned: they fill their boxes
+    assert sum(_box_fill(turned.y[i]) for i in squares) / len(squares) < 0.85
+
+
 def test_shapes_bad_options():
     with pytest.raises(cvae.CVAEError, match="n_train"):
         load_shapes(n_train=0)
     with pytest.raises(cvae.CVAEError, match="size"):
         load_shapes(size=2)
+    with pytest.raises(cvae.CVAEError, match="rotate must be true or false"):
+        load_shapes(rotate="no")
 
 
 def test_byte_images_stay_uint8_and_check_conditions():

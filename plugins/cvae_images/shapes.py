@@ -69,10 +69,10 @@ def _hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tens
     return v[:, None] - v[:, None] * s[:, None] * (torch.minimum(k, 4 - k).clamp(0, 1))
 
 
-def render_shapes(labels: torch.Tensor, params: torch.Tensor, size: int) -> torch.Tensor:
+def render_shapes(labels: torch.Tensor, params: torch.Tensor, size: int, rotate: bool = True) -> torch.Tensor:
     """Render one shape per row: `labels` (n,) class indices, `params` (n, 9) uniform numbers in [0, 1)
-    for radius, centre x, centre y, rotation, hue, saturation, value and two background levels.
-    Returns uint8 images (n, 3, size, size)."""
+    for radius, centre x, centre y, rotation, hue, saturation, value and two background levels; with
+    `rotate=False` every shape stands upright. Returns uint8 images (n, 3, size, size)."""
     n = len(labels)
     fine = size * SUPERSAMPLE
     coords = (torch.arange(fine, dtype=torch.float32) + 0.5) / fine * 2 - 1  # [-1, 1], sub-pixel centres
@@ -84,7 +84,7 @@ def render_shapes(labels: torch.Tensor, params: torch.Tensor, size: int) -> torc
         radius = 0.35 + 0.4 * p[:, 0]  # 0.35..0.75 of the half-width
         cx = (2 * p[:, 1] - 1) * (1 - radius)  # the shape stays inside the frame
         cy = (2 * p[:, 2] - 1) * (1 - radius)
-        angle = 2 * math.pi * p[:, 3]
+        angle = 2 * math.pi * p[:, 3] if rotate else torch.zeros(len(p))
         cos, sin = angle.cos()[:, None, None], angle.sin()[:, None, None]
         dx, dy = gx - cx[:, None, None], gy - cy[:, None, None]
         r = radius[:, None, None]
@@ -102,25 +102,29 @@ def render_shapes(labels: torch.Tensor, params: torch.Tensor, size: int) -> torc
     return out
 
 
-def _make(n: int, seed: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _make(n: int, seed: int, size: int, rotate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     k = len(SHAPE_NAMES)
     labels = (torch.arange(n) % k)[torch.randperm(n, generator=g)]  # balanced classes
     params = torch.rand(n, 9, generator=g)
-    return render_shapes(labels, params, size), labels
+    return render_shapes(labels, params, size, rotate), labels
 
 
-def load_shapes(*, n_train: int = 6000, n_test: int = 600, size: int = 64, seed: int = 0) -> cvae.DataBundle:
+def load_shapes(*, n_train: int = 6000, n_test: int = 600, size: int = 64, seed: int = 0,
+                rotate: bool = True) -> cvae.DataBundle:
     """`n_train` and `n_test` RGB images of `size` x `size` pixels (8 bits per channel) with condition
-    "label" (one of SHAPE_NAMES, classes balanced), generated from `seed`."""
+    "label" (one of SHAPE_NAMES, classes balanced), generated from `seed`. `rotate=False` stands every
+    shape upright (the same images otherwise): a control for how much the rotation costs a model."""
     if int(n_train) < 1 or int(n_test) < 1:
         raise cvae.CVAEError(f"dataset 'shapes': n_train and n_test must be >= 1, got {n_train} and {n_test}")
     if int(size) < 4:
         raise cvae.CVAEError(f"dataset 'shapes': size must be >= 4 pixels, got {size}")
+    if not isinstance(rotate, bool):
+        raise cvae.CVAEError(f"dataset 'shapes': rotate must be true or false, got {rotate!r}")
     size = int(size)
     info = {"label": cvae.ConditionInfo("label", (), len(SHAPE_NAMES), SHAPE_NAMES)}
     splits = []
     for part, n, stream in (("train", int(n_train), 0), ("test", int(n_test), 1)):
-        pixels, labels = _make(n, 2 * int(seed) + stream, size)
+        pixels, labels = _make(n, 2 * int(seed) + stream, size, rotate)
         splits.append(ByteImages(pixels, {"label": labels}, info, name=f"shapes/{part}"))
     return cvae.DataBundle("shapes", byte_target((3, size, size)), info, *splits)

@@ -1,0 +1,109 @@
+"""Fit a trained run's prior again, after training: a Gaussian mixture per distinct condition, fitted
+by EM (scikit-learn) to the training split's posterior draws. The result is a new run directory whose
+model is the old encoder and decoder with a `fitted_mixture` prior; `cvae eval` and `cvae sample` use
+it like any run. The source run is only read."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.mixture import GaussianMixture
+
+from .build import build_model, load_data
+from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from .data import DataBundle, iterate_batches
+from .errors import CVAEError
+from .model import CVAE
+from .runs import load_run
+
+__all__ = ["MAX_KEYS", "fit_prior", "fit_mixture_tables", "training_posterior_draws"]
+
+MAX_KEYS = 1000  # distinct condition rows: beyond this each has too few examples for a mixture of its own
+
+
+@torch.no_grad()
+def training_posterior_draws(model: CVAE, data: DataBundle, device: torch.device, draws: int = 1,
+                             batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """Condition features (n * draws, F) and posterior draws z ~ q(z | x, y) (n * draws, latent_dim) of the
+    training split, on the CPU."""
+    model.eval()
+    hs, zs = [], []
+    for conditions, y in iterate_batches(data.train, batch_size, device=device):
+        h = model.features(conditions, len(y))
+        mu, logvar = model.posterior(y, h)
+        for _ in range(draws):
+            zs.append((mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)).cpu())
+            hs.append(h.cpu())
+    return torch.cat(hs), torch.cat(zs)
+
+
+def fit_mixture_tables(h: torch.Tensor, z: torch.Tensor, components: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """For each distinct row of `h`, a `components`-Gaussian diagonal mixture fitted to its rows of `z`
+    (fewer components where a condition has fewer rows; the missing ones get weight 0). Returns the
+    `fitted_mixture` prior's buffers: keys, log_weights, means, logvars."""
+    keys, which = torch.unique(h, dim=0, return_inverse=True)
+    if len(keys) > MAX_KEYS:
+        raise CVAEError(f"fit-prior: the conditions take {len(keys)} distinct values in the training split; a mixture "
+                        f"per value needs at most {MAX_KEYS} of them (class labels, not continuous observations)")
+    d = z.shape[1]
+    log_w = torch.full((len(keys), components), -math.inf)
+    means = torch.zeros(len(keys), components, d)
+    logvars = torch.zeros(len(keys), components, d)
+    for i in range(len(keys)):
+        rows = z[which == i].double().numpy()
+        k = min(components, len(rows))
+        with warnings.catch_warnings():  # EM stopped at its iteration limit is still a usable fit
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            gmm = GaussianMixture(k, covariance_type="diag", reg_covar=1e-4, random_state=seed).fit(rows)
+        log_w[i, :k] = torch.from_numpy(np.log(np.maximum(gmm.weights_, 1e-300)))
+        means[i, :k] = torch.from_numpy(gmm.means_)
+        logvars[i, :k] = torch.from_numpy(np.log(gmm.covariances_))
+    return {"keys": keys, "log_weights": log_w, "means": means, "logvars": logvars}
+
+
+def fit_prior(run_dir: str | Path, out: str | Path, *, components: int = 50, draws: int = 1, seed: int = 0,
+              device: str = "auto") -> tuple[CVAE, DataBundle, dict[str, Any]]:
+    """Write to `out` a run whose model is `run_dir`'s with its prior replaced by a fitted mixture;
+    returns that model, the data and the new run's config."""
+    if int(components) < 1 or int(draws) < 1:
+        raise CVAEError(f"fit-prior: --components and --draws must be >= 1, got {components} and {draws}")
+    out = Path(out)
+    if (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()):
+        raise CVAEError(f"{out} already holds a run; choose another --out")
+    run = load_run(run_dir, device)
+    if run.path.resolve() == out.resolve():
+        raise CVAEError("fit-prior writes a new run: --out must differ from the run it reads")
+    if len(run.model.latent_shape) != 1:
+        raise CVAEError(f"fit-prior needs a flat latent; this run's latents are maps {tuple(run.model.latent_shape)} "
+                        f"(a fully-convolutional run: train it with prior 'pixelcnn' instead)")
+    data = load_data(run.config)
+    torch.manual_seed(seed)
+    h, z = training_posterior_draws(run.model, data, run.device, int(draws))
+    tables = fit_mixture_tables(h, z, int(components), seed)
+
+    config = copy.deepcopy(run.config)
+    config["model"]["prior"] = "fitted_mixture"
+    config["model"]["prior_options"] = {"components": int(components), "keys": len(tables["keys"])}
+    model = build_model(config, data.target, data.conditions).to(run.device)
+    state = {k: v for k, v in run.model.state_dict().items() if not k.startswith("prior.")}
+    state.update({f"prior.{k}": v.to(run.device) for k, v in tables.items()})
+    model.load_state_dict(state)
+    model.eval()
+
+    source = load_checkpoint(run.checkpoint)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "config.json", lambda f: f.write(json.dumps(config, indent=2).encode()))
+    save_checkpoint(out / "checkpoints", {
+        "config": config, "target": source["target"], "conditions": source["conditions"],
+        "model": {k: v.cpu() for k, v in model.state_dict().items()}, "epoch": run.epoch, "step": run.step, "batch": 0,
+        "fitted_prior": {"from": str(run.checkpoint), "components": int(components), "draws": int(draws),
+                         "seed": int(seed)}})
+    return model, data, config

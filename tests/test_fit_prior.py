@@ -1,0 +1,122 @@
+"""`cvae fit-prior`: a Gaussian mixture per condition, fitted after training to the aggregate posterior,
+as the `fitted_mixture` prior of a new run that `cvae sample` and `cvae eval` use like any other."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import pytest
+import torch
+
+import cvae
+from cvae.cli import main
+from cvae.expost import MAX_KEYS, fit_mixture_tables
+from cvae.priors import FittedMixturePrior
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def two_clusters_per_key(n: int = 400, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Condition rows (one-hot of 2 keys) and 2-D latents: key 0 at (+-3, 0), key 1 at (0, +-3), scale 0.2."""
+    g = torch.Generator().manual_seed(seed)
+    key = torch.arange(n) % 2
+    side = torch.randint(0, 2, (n,), generator=g) * 2 - 1.0
+    centre = torch.where(key[:, None] == 0, torch.stack([3 * side, 0 * side], 1), torch.stack([0 * side, 3 * side], 1))
+    z = centre + 0.2 * torch.randn(n, 2, generator=g)
+    return torch.nn.functional.one_hot(key, 2).float(), z, centre
+
+
+def fitted_prior(h: torch.Tensor, z: torch.Tensor, components: int) -> FittedMixturePrior:
+    tables = fit_mixture_tables(h, z, components)
+    prior = FittedMixturePrior(cond_features=h.shape[1], latent_dim=z.shape[1], components=components,
+                               keys=len(tables["keys"]))
+    prior.load_state_dict(tables)
+    return prior
+
+
+def test_the_fit_recovers_each_conditions_modes():
+    h, z, _ = two_clusters_per_key()
+    prior = fitted_prior(h, z, components=2)
+    for key, expected in ((0, [[-3.0, 0.0], [3.0, 0.0]]), (1, [[0.0, -3.0], [0.0, 3.0]])):
+        _, means, logvars = prior.components(h[key:key + 1])
+        found = sorted(means[0].tolist(), key=sum)
+        assert torch.allclose(torch.tensor(found), torch.tensor(expected), atol=0.1)
+        assert torch.allclose(logvars.exp().sqrt(), torch.full_like(logvars, 0.2), atol=0.05)
+
+
+def test_samples_come_from_the_mixture_of_their_own_condition():
+    h, z, _ = two_clusters_per_key()
+    prior = fitted_prior(h, z, components=2)
+    torch.manual_seed(0)
+    draws = prior.sample(h)
+    key0 = h[:, 0] == 1
+    assert (draws[key0, 0].abs() > 2).all() and (draws[key0, 1].abs() < 1).all()
+    assert (draws[~key0, 1].abs() > 2).all() and (draws[~key0, 0].abs() < 1).all()
+    assert 0.3 < float((draws[key0, 0] > 0).double().mean()) < 0.7  # both modes, as often as the data
+
+
+def test_held_out_likelihood_beats_one_gaussian_per_condition():
+    h, z, _ = two_clusters_per_key()
+    h_new, z_new, _ = two_clusters_per_key(seed=1)
+    mixture, single = fitted_prior(h, z, components=2), fitted_prior(h, z, components=1)
+    assert mixture.log_prob(z_new, h_new).mean() > single.log_prob(z_new, h_new).mean() + 1  # nats per point
+    # and the KL estimate has the mixture prior's one-column shape
+    assert mixture.kl(z_new, torch.zeros_like(z_new), z_new, h_new).shape == (len(z_new), 1)
+
+
+def test_conditions_with_fewer_examples_than_components_get_zero_weights():
+    h = torch.tensor([[1.0, 0.0]] * 5 + [[0.0, 1.0]] * 2)
+    z = torch.randn(7, 3, generator=torch.Generator().manual_seed(0))
+    tables = fit_mixture_tables(h, z, components=4)
+    weights = tables["log_weights"].exp()
+    assert torch.allclose(weights.sum(1), torch.ones(2))
+    few = int((tables["keys"] == torch.tensor([0.0, 1.0])).all(1).nonzero())  # the key with 2 examples
+    assert (weights[few] > 0).sum() == 2 and (weights[1 - few] > 0).sum() == 4
+    prior = fitted_prior(h, z, components=4)
+    assert torch.isfinite(prior.log_prob(z, h)).all() and torch.isfinite(prior.sample(h)).all()
+
+
+def test_continuous_conditions_are_refused():
+    h = torch.randn(MAX_KEYS + 1, 2)
+    with pytest.raises(cvae.CVAEError, match="distinct values"):
+        fit_mixture_tables(h, torch.randn(MAX_KEYS + 1, 2), components=1)
+
+
+def test_cli_writes_a_new_run_that_samples_and_evaluates(tiny, tiny_run, capsys, tmp_path):
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (tiny_run / "checkpoints").iterdir()}
+    out = tmp_path / "fitted"
+    code, stdout, stderr = run_cli(capsys, "fit-prior", tiny_run, "--out", out, "--components", 3, "--draws", 2)
+    assert code == 0, stderr
+    assert "fitted 3 Gaussians for each of 3 condition values to 384 posterior draws" in stdout
+    assert "test_elbo" in stdout and (out / "eval.json").is_file() and (out / "samples.png").is_file()
+    after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (tiny_run / "checkpoints").iterdir()}
+    assert after == before  # the trained run is only read
+
+    run, source = cvae.load_run(out), cvae.load_run(tiny_run)
+    assert run.config["model"]["prior"] == "fitted_mixture" and run.step == source.step
+    assert run.config["model"]["prior_options"] == {"components": 3, "keys": 3}
+    for name, value in source.model.state_dict().items():  # encoder, decoder and conditions are the trained ones
+        if not name.startswith("prior."):
+            assert torch.equal(run.model.state_dict()[name], value), name
+    code, stdout, stderr = run_cli(capsys, "sample", out, "--out", tmp_path / "s.npz", "--n", 4)
+    assert code == 0, stderr
+    code, _, stderr = run_cli(capsys, "eval", out, "--json")
+    assert code == 0, stderr
+
+
+def test_cli_errors(tiny, tiny_run, capsys, tmp_path):
+    code, _, stderr = run_cli(capsys, "fit-prior", tiny_run, "--out", tmp_path / "x", "--components", 0)
+    assert code == 2 and "--components and --draws must be >= 1" in stderr
+    code, _, stderr = run_cli(capsys, "fit-prior", tiny_run, "--out", tiny_run)
+    assert code == 2 and "already holds a run" in stderr
+    out = tmp_path / "fitted"
+    assert run_cli(capsys, "fit-prior", tiny_run, "--out", out, "--components", 2)[0] == 0
+    code, _, stderr = run_cli(capsys, "fit-prior", tiny_run, "--out", out)
+    assert code == 2 and "already holds a run" in stderr
+    code, _, stderr = run_cli(capsys, "train", "--out", out, "--resume")
+    assert code == 2 and "cannot be trained further" in stderr and str(tiny_run) in stderr
