@@ -66,7 +66,7 @@ SCHEMA: tuple[Key, ...] = (
     Key("model.likelihood_options", {"components": 3}, "options for the likelihood (for example sigma, levels, components)", dict),
     Key("model.prior", "learned", "prior p(z | x): 'standard' is N(0, I), 'learned' a Gaussian from a network of the "
         "condition, 'mixture' a mixture of such Gaussians, 'pixelcnn' an autoregressive prior over latent maps (architecture "
-        "'fcn')", str,
+        "'fcn'); 'fitted_mixture' is what `cvae fit-prior` writes", str,
         component="prior"),
     Key("model.prior_options", {}, "options for the prior (for example hidden widths)", dict),
     Key("train.epochs", 100, "passes over the training split", int, check=_positive, check_doc="> 0"),

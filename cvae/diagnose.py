@@ -398,6 +398,9 @@ def judge(figures: Mapping[str, Any], run: Mapping[str, Any] | None = None) -> D
         advice.append("or " + controller)
         if run.get("prior") == "standard":
             advice.append("or let the prior follow the posteriors: --set model.prior=learned (or mixture)")
+        if run.get("prior") != "fitted_mixture":
+            advice.append(f"or keep this training and fit the prior to its posteriors (conditions with few values, such "
+                          f"as class labels): cvae fit-prior {run.get('run_dir', 'RUN_DIR')} --out NEW_DIR")
     else:
         verdict = "healthy"
         evidence += [kl_line, z_line, cover_line, sample_line]

@@ -49,7 +49,12 @@ def fit_mixture_tables(h: torch.Tensor, z: torch.Tensor, components: int, seed: 
     """For each distinct row of `h`, a `components`-Gaussian diagonal mixture fitted to its rows of `z`
     (fewer components where a condition has fewer rows; the missing ones get weight 0). Returns the
     `fitted_mixture` prior's buffers: keys, log_weights, means, logvars."""
-    keys, which = torch.unique(h, dim=0, return_inverse=True)
+    if not torch.isfinite(z).all():
+        raise CVAEError("fit-prior: the run's posterior draws are not finite (NaN or infinite): its encoder is broken")
+    if h.shape[1] == 0:  # no conditions: one mixture for the whole training split
+        keys, which = h[:1], torch.zeros(len(h), dtype=torch.long)
+    else:
+        keys, which = torch.unique(h, dim=0, return_inverse=True)
     if len(keys) > MAX_KEYS:
         raise CVAEError(f"fit-prior: the conditions take {len(keys)} distinct values in the training split; a mixture "
                         f"per value needs at most {MAX_KEYS} of them (class labels, not continuous observations)")
@@ -79,8 +84,6 @@ def fit_prior(run_dir: str | Path, out: str | Path, *, components: int = 50, dra
     if (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()):
         raise CVAEError(f"{out} already holds a run; choose another --out")
     run = load_run(run_dir, device)
-    if run.path.resolve() == out.resolve():
-        raise CVAEError("fit-prior writes a new run: --out must differ from the run it reads")
     if len(run.model.latent_shape) != 1:
         raise CVAEError(f"fit-prior needs a flat latent; this run's latents are maps {tuple(run.model.latent_shape)} "
                         f"(a fully-convolutional run: train it with prior 'pixelcnn' instead)")

@@ -125,6 +125,10 @@ def test_posteriors_far_from_the_prior_are_called_kl_too_high(runs, toys):
     advice = "\n".join(d.advice)
     assert f"--set train.beta={_fmt(max(f['beta_for_target'], 2.0))}" in advice
     assert "--set model.prior=learned" in advice
+    assert "cvae fit-prior RUN_DIR --out NEW_DIR" in advice  # no run directory given: a placeholder
+    fitted = judge(d.figures, {"beta": 1.0, "prior": "fitted_mixture", "run_dir": "runs/x"})
+    assert fitted.verdict == "KL too high" and not any("fit-prior" in a for a in fitted.advice)
+    assert any("cvae fit-prior runs/x --out" in a for a in judge(d.figures, {"beta": 1.0, "run_dir": "runs/x"}).advice)
 
 
 # -- the rules, one at a time, on figures ------------------------------------------------------------------------

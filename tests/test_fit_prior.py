@@ -120,3 +120,17 @@ def test_cli_errors(tiny, tiny_run, capsys, tmp_path):
     assert code == 2 and "already holds a run" in stderr
     code, _, stderr = run_cli(capsys, "train", "--out", out, "--resume")
     assert code == 2 and "cannot be trained further" in stderr and str(tiny_run) in stderr
+
+
+def test_without_conditions_one_mixture_fits_everything():
+    z = torch.cat([torch.randn(200, 2) * 0.1 - 2, torch.randn(200, 2) * 0.1 + 2])
+    tables = fit_mixture_tables(torch.zeros(400, 0), z, components=2)
+    assert tables["keys"].shape == (1, 0)
+    assert sorted(tables["means"][0, :, 0].round().tolist()) == [-2.0, 2.0]
+
+
+def test_non_finite_posteriors_are_refused():
+    z = torch.zeros(10, 2)
+    z[3, 1] = math.nan
+    with pytest.raises(cvae.CVAEError, match="not finite"):
+        fit_mixture_tables(torch.zeros(10, 1), z, components=1)
