@@ -253,11 +253,10 @@ def _evaluate_run(run: Any, data: Any, iwae_samples: int | None = None, temperat
 def _fit_prior(args: argparse.Namespace) -> int:
     from .expost import fit_prior
     from .pictures import save_sample_grid
-    from .runs import load_run
 
-    _, data, config = fit_prior(args.run_dir, args.out, components=args.components, draws=args.draws, seed=args.seed,
-                                device=args.device)
-    run = load_run(args.out, args.device)
+    run, data = fit_prior(args.run_dir, args.out, components=args.components, draws=args.draws, seed=args.seed,
+                          device=args.device)
+    config = run.config
     keys = len(run.model.prior.keys)
     print(f"fitted {args.components} Gaussians for each of {keys} condition value{'s' * (keys > 1)} to "
           f"{args.draws * len(data.train)} posterior draws of the training split -> {args.out}")

@@ -10,7 +10,6 @@ import json
 import math
 import warnings
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -22,7 +21,7 @@ from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from .data import DataBundle, iterate_batches
 from .errors import CVAEError
 from .model import CVAE
-from .runs import load_run
+from .runs import Run, load_run
 
 __all__ = ["MAX_KEYS", "fit_prior", "fit_mixture_tables", "training_posterior_draws"]
 
@@ -75,9 +74,9 @@ def fit_mixture_tables(h: torch.Tensor, z: torch.Tensor, components: int, seed: 
 
 
 def fit_prior(run_dir: str | Path, out: str | Path, *, components: int = 50, draws: int = 1, seed: int = 0,
-              device: str = "auto") -> tuple[CVAE, DataBundle, dict[str, Any]]:
+              device: str = "auto") -> tuple[Run, DataBundle]:
     """Write to `out` a run whose model is `run_dir`'s with its prior replaced by a fitted mixture;
-    returns that model, the data and the new run's config."""
+    returns that run, read back from disk, and its data."""
     if int(components) < 1 or int(draws) < 1:
         raise CVAEError(f"fit-prior: --components and --draws must be >= 1, got {components} and {draws}")
     out = Path(out)
@@ -109,4 +108,4 @@ def fit_prior(run_dir: str | Path, out: str | Path, *, components: int = 50, dra
         "model": {k: v.cpu() for k, v in model.state_dict().items()}, "epoch": run.epoch, "step": run.step, "batch": 0,
         "fitted_prior": {"from": str(run.checkpoint), "components": int(components), "draws": int(draws),
                          "seed": int(seed)}})
-    return model, data, config
+    return load_run(out, device), data
