@@ -62,6 +62,9 @@ class Trainer:
             raise CVAEError(f"{self.run_dir} already holds a run; pass --resume to continue it or choose another --out")
         self.config = copy.deepcopy(dict(config))
         config_mod.validate(self.config)
+        if self.config["model"]["prior"] == "fitted_mixture":
+            raise CVAEError("model.prior 'fitted_mixture' is fitted after training by `cvae fit-prior RUN --out NEW`; "
+                            "train with 'learned', 'mixture' or 'standard'")
         self.device = self.dist.device(resolve_device(self.config["device"]))
         self._own_group = self.dist.distributed and not torch.distributed.is_initialized()
         self.dist.start(self.device)

@@ -122,6 +122,14 @@ def test_cli_errors(tiny, tiny_run, capsys, tmp_path):
     assert code == 2 and "cannot be trained further" in stderr and str(tiny_run) in stderr
 
 
+def test_training_with_the_fitted_prior_is_refused(tiny_config, tmp_path):
+    from cvae.train import Trainer
+
+    with pytest.raises(cvae.CVAEError, match="fitted after training by `cvae fit-prior"):
+        Trainer(tiny_config('model.prior="fitted_mixture"', "model.prior_options={}"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_without_conditions_one_mixture_fits_everything():
     z = torch.cat([torch.randn(200, 2) * 0.1 - 2, torch.randn(200, 2) * 0.1 + 2])
     tables = fit_mixture_tables(torch.zeros(400, 0), z, components=2)
