@@ -17,7 +17,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 
 from .build import build_model, load_data
-from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from .checkpoint import atomic_write, save_checkpoint
 from .data import DataBundle, iterate_batches
 from .errors import CVAEError
 from .model import CVAE
@@ -100,11 +100,11 @@ def fit_prior(run_dir: str | Path, out: str | Path, *, components: int = 50, dra
     model.load_state_dict(state)
     model.eval()
 
-    source = load_checkpoint(run.checkpoint)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "config.json", lambda f: f.write(json.dumps(config, indent=2).encode()))
     save_checkpoint(out / "checkpoints", {
-        "config": config, "target": source["target"], "conditions": source["conditions"],
+        "config": config, "target": data.target.to_dict(),
+        "conditions": {k: v.to_dict() for k, v in data.conditions.items()},
         "model": {k: v.cpu() for k, v in model.state_dict().items()}, "epoch": run.epoch, "step": run.step, "batch": 0,
         "fitted_prior": {"from": str(run.checkpoint), "components": int(components), "draws": int(draws),
                          "seed": int(seed)}})
