@@ -25,6 +25,7 @@ from .runs import Run, load_run
 
 __all__ = ["MAX_KEYS", "fit_prior", "fit_mixture_tables", "training_posterior_draws"]
 
+REG = 1e-4  # added to every fitted variance, as scikit-learn's reg_covar: no component collapses onto one point
 MAX_KEYS = 1000  # distinct condition rows: beyond this each has too few examples for a mixture of its own
 
 
@@ -44,10 +45,45 @@ def training_posterior_draws(model: CVAE, data: DataBundle, device: torch.device
     return torch.cat(hs), torch.cat(zs)
 
 
-def fit_mixture_tables(h: torch.Tensor, z: torch.Tensor, components: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """For each distinct row of `h`, a `components`-Gaussian diagonal mixture fitted to its rows of `z`
-    (fewer components where a condition has fewer rows; the missing ones get weight 0). Returns the
-    `fitted_mixture` prior's buffers: keys, log_weights, means, logvars."""
+def _fit_condition(z: np.ndarray, components: int, rank: int, seed: int) -> dict[str, np.ndarray]:
+    """One condition's mixture: weights (k,), means and variances (k, d), and with rank r > 0 the bases
+    (k, d, r) and spectra (k, r) of `FittedMixturePrior`. For r > 0 the components are full-covariance
+    Gaussians in the r principal directions of `z`; the other directions get each component's own variance
+    there (by its responsibilities), so the covariance is B C B^T + D with B the principal directions."""
+    n, d = z.shape
+    k = min(components, n)
+    r = min(rank, d, n - 1)
+    with warnings.catch_warnings():  # EM stopped at its iteration limit is still a usable fit
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        if r < 1:
+            gmm = GaussianMixture(k, covariance_type="diag", reg_covar=REG, random_state=seed).fit(z)
+            return {"weights": gmm.weights_, "means": gmm.means_, "variances": gmm.covariances_,
+                    "bases": np.zeros((k, d, rank)), "spectra": np.zeros((k, rank))}
+        centre = z.mean(0)
+        directions = np.linalg.svd(z - centre, full_matrices=False)[2][:r]  # (r, d)
+        inside = (z - centre) @ directions.T
+        rest = (z - centre) - inside @ directions
+        gmm = GaussianMixture(k, covariance_type="full", reg_covar=REG, random_state=seed).fit(inside)
+    resp = gmm.predict_proba(inside)  # (n, k)
+    mass = np.maximum(resp.sum(0), 1e-12)[:, None]
+    rest_mean = resp.T @ rest / mass
+    variances = np.maximum(resp.T @ rest**2 / mass - rest_mean**2, REG)
+    bases, spectra = np.zeros((k, d, rank)), np.zeros((k, rank))
+    for j in range(k):
+        # whitened by D, the component's low-rank part W = B^T chol(C) factors as U diag(s) V^T
+        w = directions.T @ np.linalg.cholesky(gmm.covariances_[j]) / np.sqrt(variances[j])[:, None]
+        u, s, _ = np.linalg.svd(w, full_matrices=False)
+        bases[j, :, :r], spectra[j, :r] = u, s**2
+    return {"weights": gmm.weights_, "means": centre + gmm.means_ @ directions + rest_mean, "variances": variances,
+            "bases": bases, "spectra": spectra}
+
+
+def fit_mixture_tables(h: torch.Tensor, z: torch.Tensor, components: int, seed: int = 0,
+                       rank: int = 0) -> dict[str, torch.Tensor]:
+    """For each distinct row of `h`, a `components`-Gaussian mixture fitted to its rows of `z`: diagonal
+    with `rank` 0, diagonal plus `rank` correlated directions otherwise (see `FittedMixturePrior`). A
+    condition with fewer rows gets fewer components; the missing ones get weight 0. Returns the
+    `fitted_mixture` prior's buffers: keys, log_weights, means, logvars (and bases, spectra for rank > 0)."""
     if not torch.isfinite(z).all():
         raise CVAEError("fit-prior: the run's posterior draws are not finite (NaN or infinite): its encoder is broken")
     if h.shape[1] == 0:  # no conditions: one mixture for the whole training split
@@ -58,27 +94,29 @@ def fit_mixture_tables(h: torch.Tensor, z: torch.Tensor, components: int, seed: 
         raise CVAEError(f"fit-prior: the conditions take {len(keys)} distinct values in the training split; a mixture "
                         f"per value needs at most {MAX_KEYS} of them (class labels, not continuous observations)")
     d = z.shape[1]
-    log_w = torch.full((len(keys), components), -math.inf)
-    means = torch.zeros(len(keys), components, d)
-    logvars = torch.zeros(len(keys), components, d)
+    tables = {"keys": keys, "log_weights": torch.full((len(keys), components), -math.inf),
+              "means": torch.zeros(len(keys), components, d), "logvars": torch.zeros(len(keys), components, d)}
+    if rank:
+        tables |= {"bases": torch.zeros(len(keys), components, d, rank), "spectra": torch.zeros(len(keys), components, rank)}
     for i in range(len(keys)):
-        rows = z[which == i].double().numpy()
-        k = min(components, len(rows))
-        with warnings.catch_warnings():  # EM stopped at its iteration limit is still a usable fit
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            gmm = GaussianMixture(k, covariance_type="diag", reg_covar=1e-4, random_state=seed).fit(rows)
-        log_w[i, :k] = torch.from_numpy(np.log(np.maximum(gmm.weights_, 1e-300)))
-        means[i, :k] = torch.from_numpy(gmm.means_)
-        logvars[i, :k] = torch.from_numpy(np.log(gmm.covariances_))
-    return {"keys": keys, "log_weights": log_w, "means": means, "logvars": logvars}
+        fit = _fit_condition(z[which == i].double().numpy(), components, rank, seed)
+        k = len(fit["weights"])
+        tables["log_weights"][i, :k] = torch.from_numpy(np.log(np.maximum(fit["weights"], 1e-300)))
+        tables["means"][i, :k] = torch.from_numpy(fit["means"])
+        tables["logvars"][i, :k] = torch.from_numpy(np.log(fit["variances"]))
+        if rank:
+            tables["bases"][i, :k] = torch.from_numpy(fit["bases"])
+            tables["spectra"][i, :k] = torch.from_numpy(fit["spectra"])
+    return tables
 
 
-def fit_prior(run_dir: str | Path, out: str | Path, *, components: int = 50, draws: int = 1, seed: int = 0,
-              device: str = "auto") -> tuple[Run, DataBundle]:
+def fit_prior(run_dir: str | Path, out: str | Path, *, components: int = 50, rank: int = 32, draws: int = 1,
+              seed: int = 0, device: str = "auto") -> tuple[Run, DataBundle]:
     """Write to `out` a run whose model is `run_dir`'s with its prior replaced by a fitted mixture;
     returns that run, read back from disk, and its data."""
-    if int(components) < 1 or int(draws) < 1:
-        raise CVAEError(f"fit-prior: --components and --draws must be >= 1, got {components} and {draws}")
+    if int(components) < 1 or int(draws) < 1 or int(rank) < 0:
+        raise CVAEError(f"fit-prior: --components and --draws must be >= 1 and --rank >= 0, got {components}, {draws} "
+                        f"and {rank}")
     out = Path(out)
     if (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()):
         raise CVAEError(f"{out} already holds a run; choose another --out")
@@ -89,11 +127,12 @@ def fit_prior(run_dir: str | Path, out: str | Path, *, components: int = 50, dra
     data = load_data(run.config)
     torch.manual_seed(seed)
     h, z = training_posterior_draws(run.model, data, run.device, int(draws))
-    tables = fit_mixture_tables(h, z, int(components), seed)
+    rank = min(int(rank), z.shape[1])  # the whole latent: full covariances
+    tables = fit_mixture_tables(h, z, int(components), seed, rank)
 
     config = copy.deepcopy(run.config)
     config["model"]["prior"] = "fitted_mixture"
-    config["model"]["prior_options"] = {"components": int(components), "keys": len(tables["keys"])}
+    config["model"]["prior_options"] = {"components": int(components), "keys": len(tables["keys"]), "rank": rank}
     model = build_model(config, data.target, data.conditions).to(run.device)
     state = {k: v for k, v in run.model.state_dict().items() if not k.startswith("prior.")}
     state.update({f"prior.{k}": v.to(run.device) for k, v in tables.items()})
@@ -106,6 +145,6 @@ def fit_prior(run_dir: str | Path, out: str | Path, *, components: int = 50, dra
         "config": config, "target": data.target.to_dict(),
         "conditions": {k: v.to_dict() for k, v in data.conditions.items()},
         "model": {k: v.cpu() for k, v in model.state_dict().items()}, "epoch": run.epoch, "step": run.step, "batch": 0,
-        "fitted_prior": {"from": str(run.checkpoint), "components": int(components), "draws": int(draws),
+        "fitted_prior": {"from": str(run.checkpoint), "components": int(components), "rank": rank, "draws": int(draws),
                          "seed": int(seed)}})
     return load_run(out, device), data

@@ -172,26 +172,80 @@ class MixturePrior(Prior):
 
 
 class FittedMixturePrior(MixturePrior):
-    """A mixture of `components` diagonal Gaussians for each of `keys` distinct condition-feature rows, fitted
-    after training to the training split's posterior draws with those conditions (ex-post density
-    estimation, as in Ghosh et al. 2020): the aggregate posterior is the prior that best fits a trained
-    encoder, and a single Gaussian per condition leaves holes in it that decode to implausible samples.
-    `cvae fit-prior` fits the tables (buffers, saved in the checkpoint); a row of condition features uses
-    the nearest key's mixture. Nothing here is trained by gradient."""
+    """A mixture of `components` Gaussians for each of `keys` distinct condition-feature rows, fitted after
+    training to the training split's posterior draws with those conditions (ex-post density estimation,
+    as in Ghosh et al. 2020): the aggregate posterior is the prior that best fits a trained encoder, and a
+    single Gaussian per condition leaves holes in it that decode to implausible samples. `cvae fit-prior`
+    fits the tables (buffers, saved in the checkpoint); a row of condition features uses the nearest key's
+    mixture. Nothing here is trained by gradient.
 
-    def __init__(self, *, cond_features: int, latent_dim: int, components: int = 50, keys: int = 1) -> None:
+    With `rank` r = 0 each component is diagonal, N(mean, D). With r > 0 its covariance is
+    D^1/2 (I + U diag(s2) U^T) D^1/2, U (latent_dim, r) orthonormal: diagonal plus r correlated directions,
+    which follow a curved cloud of posteriors (a shape's rotation, say) where axis-aligned components
+    leave gaps. Both densities and draws stay exact and cost O(latent_dim * r) per component."""
+
+    def __init__(self, *, cond_features: int, latent_dim: int, components: int = 50, keys: int = 1,
+                 rank: int = 0) -> None:
         Prior.__init__(self, latent_dim)
         if int(components) < 1 or int(keys) < 1:
             raise CVAEError(f"prior 'fitted_mixture': components and keys must be >= 1, got {components} and {keys}")
-        self.k = int(components)
+        if not 0 <= int(rank) <= latent_dim:
+            raise CVAEError(f"prior 'fitted_mixture': rank must be in [0, latent_dim = {latent_dim}], got {rank}")
+        self.k, self.rank = int(components), int(rank)
         self.register_buffer("keys", torch.zeros(int(keys), cond_features))
         self.register_buffer("log_weights", torch.full((int(keys), self.k), -math.log(self.k)))
         self.register_buffer("means", torch.zeros(int(keys), self.k, latent_dim))
         self.register_buffer("logvars", torch.zeros(int(keys), self.k, latent_dim))
+        if self.rank:
+            self.register_buffer("bases", torch.zeros(int(keys), self.k, latent_dim, self.rank))
+            self.register_buffer("spectra", torch.zeros(int(keys), self.k, self.rank))
+
+    def _rows(self, h: torch.Tensor) -> torch.Tensor:
+        """The index of the key nearest to each row of condition features."""
+        if len(self.keys) == 1:
+            return torch.zeros(len(h), dtype=torch.long, device=h.device)
+        return torch.cdist(h.to(self.keys.dtype), self.keys).argmin(1)
 
     def components(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if len(self.keys) == 1:
-            rows = torch.zeros(len(h), dtype=torch.long, device=h.device)
-        else:
-            rows = torch.cdist(h.to(self.keys.dtype), self.keys).argmin(1)
+        rows = self._rows(h)
         return self.log_weights[rows], self.means[rows], self.logvars[rows]
+
+    def params(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.rank:
+            return super().params(h)
+        rows = self._rows(h)
+        # the diagonal of each component's covariance: D (1 + sum_j s2_j U_ij^2)
+        var = self.logvars[rows].exp() * (1 + (self.bases[rows] ** 2 * self.spectra[rows].unsqueeze(-2)).sum(-1))
+        w = self.log_weights[rows].exp().unsqueeze(-1)
+        mean = (w * self.means[rows]).sum(1)
+        var = (w * (var + self.means[rows] ** 2)).sum(1) - mean**2
+        return mean, var.clamp(min=1e-8).log()
+
+    def log_prob(self, z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        if not self.rank:
+            return super().log_prob(z, h)
+        rows = self._rows(h)
+        out = z.new_empty(len(z))
+        for key in rows.unique().tolist():  # one key at a time: no per-example copy of the bases
+            sel = rows == key
+            x = (z[sel].unsqueeze(1) - self.means[key]) * torch.exp(-0.5 * self.logvars[key])  # (n, k, d) whitened
+            s2 = self.spectra[key]
+            along = torch.einsum("nkd,kdr->nkr", x, self.bases[key])
+            # Woodbury: (I + U S U^T)^-1 = I - U S (I + S)^-1 U^T, and log det(I + U S U^T) = sum log(1 + s2)
+            mahalanobis = (x**2).sum(-1) - (along**2 * (s2 / (1 + s2))).sum(-1)
+            log_det = self.logvars[key].sum(-1) + torch.log1p(s2).sum(-1)
+            per = -0.5 * (mahalanobis + log_det + self.latent_dim * math.log(2 * math.pi))
+            out[sel] = torch.logsumexp(self.log_weights[key] + per, dim=1)
+        return out
+
+    def draw(self, h: torch.Tensor, eps: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """As `MixturePrior.draw`; with rank > 0 the noise goes through the symmetric square root of
+        I + U S U^T, which is I + U ((1 + s2)^1/2 - 1) U^T, so `eps` keeps its shape (batch, latent_dim)."""
+        rows = self._rows(h)
+        log_w = self.log_weights[rows]
+        pick = (log_w.exp().cumsum(1) < u).sum(1).clamp(max=self.k - 1)
+        if self.rank:
+            basis = self.bases[rows, pick]  # (batch, d, r)
+            gain = torch.sqrt(1 + self.spectra[rows, pick]) - 1
+            eps = eps + (basis @ (gain * (basis.mT @ eps.unsqueeze(-1)).squeeze(-1)).unsqueeze(-1)).squeeze(-1)
+        return self.means[rows, pick] + torch.exp(0.5 * self.logvars[rows, pick]) * eps

@@ -31,10 +31,10 @@ def two_clusters_per_key(n: int = 400, seed: int = 0) -> tuple[torch.Tensor, tor
     return torch.nn.functional.one_hot(key, 2).float(), z, centre
 
 
-def fitted_prior(h: torch.Tensor, z: torch.Tensor, components: int) -> FittedMixturePrior:
-    tables = fit_mixture_tables(h, z, components)
+def fitted_prior(h: torch.Tensor, z: torch.Tensor, components: int, rank: int = 0) -> FittedMixturePrior:
+    tables = fit_mixture_tables(h, z, components, rank=rank)
     prior = FittedMixturePrior(cond_features=h.shape[1], latent_dim=z.shape[1], components=components,
-                               keys=len(tables["keys"]))
+                               keys=len(tables["keys"]), rank=rank)
     prior.load_state_dict(tables)
     return prior
 
@@ -81,6 +81,72 @@ def test_conditions_with_fewer_examples_than_components_get_zero_weights():
     assert torch.isfinite(prior.log_prob(z, h)).all() and torch.isfinite(prior.sample(h)).all()
 
 
+def low_rank_prior(d: int = 5, rank: int = 2, components: int = 2, seed: int = 0) -> FittedMixturePrior:
+    """One key, random tables: means, diagonals, orthonormal bases and spectra."""
+    g = torch.Generator().manual_seed(seed)
+    prior = FittedMixturePrior(cond_features=0, latent_dim=d, components=components, rank=rank)
+    prior.log_weights.copy_(torch.log_softmax(torch.randn(1, components, generator=g), 1))
+    prior.means.copy_(2 * torch.randn(1, components, d, generator=g))
+    prior.logvars.copy_(0.5 * torch.randn(1, components, d, generator=g))
+    prior.bases.copy_(torch.linalg.qr(torch.randn(1, components, d, rank, generator=g))[0])
+    prior.spectra.copy_(5 * torch.rand(1, components, rank, generator=g))
+    return prior
+
+
+def component_covariances(prior: FittedMixturePrior) -> torch.Tensor:
+    """The covariance each component stands for, written out: D^1/2 (I + U diag(s2) U^T) D^1/2."""
+    root = prior.logvars[0].mul(0.5).exp()
+    inner = torch.eye(prior.latent_dim) + prior.bases[0] @ torch.diag_embed(prior.spectra[0]) @ prior.bases[0].mT
+    return root[:, :, None] * inner * root[:, None, :]
+
+
+def test_low_rank_components_have_the_density_and_draws_of_their_full_covariance():
+    prior = low_rank_prior()
+    h, cov = torch.zeros(4000, 0), component_covariances(prior)
+    z = torch.randn(7, prior.latent_dim)
+    full = torch.distributions.MultivariateNormal(prior.means[0], covariance_matrix=cov)
+    expected = torch.logsumexp(prior.log_weights[0] + full.log_prob(z.unsqueeze(1)), dim=1)
+    assert torch.allclose(prior.log_prob(z, h[:7]), expected, atol=1e-4)
+    # draws through `draw` with the first component forced: their covariance is the component's
+    torch.manual_seed(1)
+    draws = prior.draw(h, torch.randn(len(h), prior.latent_dim), torch.zeros(len(h), 1))
+    assert torch.allclose(draws.mean(0), prior.means[0, 0], atol=0.15)
+    assert torch.allclose(torch.cov(draws.T), cov[0], atol=0.1 * float(cov[0].abs().max()))
+    # params: the moment-matched mean and the diagonal of the mixture's covariance
+    w = prior.log_weights[0].exp()
+    mean = (w[:, None] * prior.means[0]).sum(0)
+    var = (w[:, None] * (cov.diagonal(dim1=1, dim2=2) + prior.means[0] ** 2)).sum(0) - mean**2
+    got_mean, got_logvar = prior.params(h[:1])
+    assert torch.allclose(got_mean[0], mean, atol=1e-5) and torch.allclose(got_logvar[0].exp(), var, rtol=1e-4)
+
+
+RING_PLANE = torch.linalg.qr(torch.randn(6, 2, generator=torch.Generator().manual_seed(99)))[0]
+
+
+def noisy_ring(n: int, seed: int) -> torch.Tensor:
+    """A circle of radius 3 in a random plane of 6-D space, with noise 0.05 off it: a curved cloud, like
+    the posteriors of one shape over its rotations."""
+    g = torch.Generator().manual_seed(seed)
+    angle = 2 * math.pi * torch.rand(n, generator=g)
+    return 3 * torch.stack([angle.cos(), angle.sin()], 1) @ RING_PLANE.T + 0.05 * torch.randn(n, 6, generator=g)
+
+
+def distance_from_ring(x: torch.Tensor) -> torch.Tensor:
+    inside = x @ RING_PLANE
+    return ((inside.norm(dim=1) - 3) ** 2 + ((x - inside @ RING_PLANE.T) ** 2).sum(1)).sqrt()
+
+
+def test_rank_follows_a_curved_cloud_that_diagonal_components_miss():
+    z, z_new = noisy_ring(1500, 0), noisy_ring(1500, 1)
+    h = torch.zeros(len(z), 0)
+    diagonal, low_rank = fitted_prior(h, z, components=8), fitted_prior(h, z, components=8, rank=2)
+    assert low_rank.log_prob(z_new, h).mean() > diagonal.log_prob(z_new, h).mean() + 1  # nats per point
+    torch.manual_seed(0)  # draws stay near the ring (held-out data: 0.11 on average; diagonal: 0.49)
+    assert distance_from_ring(low_rank.sample(h)).mean() < 0.5 * distance_from_ring(diagonal.sample(h)).mean()
+    full = fitted_prior(h, z, components=8, rank=6)  # rank = latent_dim: full covariances
+    assert torch.isfinite(full.log_prob(z_new, h)).all()
+
+
 def test_continuous_conditions_are_refused():
     h = torch.randn(MAX_KEYS + 1, 2)
     with pytest.raises(cvae.CVAEError, match="distinct values"):
@@ -92,14 +158,15 @@ def test_cli_writes_a_new_run_that_samples_and_evaluates(tiny, tiny_run, capsys,
     out = tmp_path / "fitted"
     code, stdout, stderr = run_cli(capsys, "fit-prior", tiny_run, "--out", out, "--components", 3, "--draws", 2)
     assert code == 0, stderr
-    assert "fitted 3 Gaussians for each of 3 condition values to 384 posterior draws" in stdout
+    # the default rank (32) is capped at the latent size (4): full covariances
+    assert "fitted 3 Gaussians (full covariance) for each of 3 condition values to 384 posterior draws" in stdout
     assert "test_elbo" in stdout and (out / "eval.json").is_file() and (out / "samples.png").is_file()
     after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (tiny_run / "checkpoints").iterdir()}
     assert after == before  # the trained run is only read
 
     run, source = cvae.load_run(out), cvae.load_run(tiny_run)
     assert run.config["model"]["prior"] == "fitted_mixture" and run.step == source.step
-    assert run.config["model"]["prior_options"] == {"components": 3, "keys": 3}
+    assert run.config["model"]["prior_options"] == {"components": 3, "keys": 3, "rank": 4}
     for name, value in source.model.state_dict().items():  # encoder, decoder and conditions are the trained ones
         if not name.startswith("prior."):
             assert torch.equal(run.model.state_dict()[name], value), name
@@ -109,9 +176,24 @@ def test_cli_writes_a_new_run_that_samples_and_evaluates(tiny, tiny_run, capsys,
     assert code == 0, stderr
 
 
+def test_cli_fits_low_rank_components(tiny, tiny_run, capsys, tmp_path):
+    out = tmp_path / "low-rank"
+    code, stdout, stderr = run_cli(capsys, "fit-prior", tiny_run, "--out", out, "--components", 2, "--rank", 3)
+    assert code == 0, stderr
+    assert "fitted 2 Gaussians (rank 3 plus diagonal) for each of 3 condition values" in stdout
+    run = cvae.load_run(out)
+    assert run.config["model"]["prior_options"]["rank"] == 3 and run.model.prior.bases.shape[-1] == 3
+    assert torch.isfinite(run.model.sample({"label": torch.arange(3)})).all()
+    code, stdout, stderr = run_cli(capsys, "fit-prior", tiny_run, "--out", tmp_path / "diagonal", "--rank", 0)
+    assert code == 0 and "fitted 50 Gaussians (diagonal)" in stdout, stderr
+    assert not hasattr(cvae.load_run(tmp_path / "diagonal").model.prior, "bases")
+
+
 def test_cli_errors(tiny, tiny_run, capsys, tmp_path):
     code, _, stderr = run_cli(capsys, "fit-prior", tiny_run, "--out", tmp_path / "x", "--components", 0)
     assert code == 2 and "--components and --draws must be >= 1" in stderr
+    code, _, stderr = run_cli(capsys, "fit-prior", tiny_run, "--out", tmp_path / "x", "--rank", -1)
+    assert code == 2 and "--rank >= 0" in stderr
     code, _, stderr = run_cli(capsys, "fit-prior", tiny_run, "--out", tiny_run)
     assert code == 2 and "already holds a run" in stderr
     out = tmp_path / "fitted"
