@@ -31,25 +31,27 @@ MAX_KEYS = 1000  # distinct condition rows: beyond this each has too few example
 
 @torch.no_grad()
 def training_posterior_draws(model: CVAE, data: DataBundle, device: torch.device, draws: int = 1,
-                             batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-    """Condition features (n * draws, F) and posterior draws z ~ q(z | x, y) (n * draws, latent_dim) of the
-    training split, on the CPU."""
+                             batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Condition features (n * draws, F), posterior draws z ~ q(z | x, y) and the posteriors' variances
+    (each (n * draws, latent_dim)) of the training split, on the CPU."""
     model.eval()
-    hs, zs = [], []
+    hs, zs, variances = [], [], []
     for conditions, y in iterate_batches(data.train, batch_size, device=device):
         h = model.features(conditions, len(y))
         mu, logvar = model.posterior(y, h)
         for _ in range(draws):
             zs.append((mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)).cpu())
             hs.append(h.cpu())
-    return torch.cat(hs), torch.cat(zs)
+            variances.append(logvar.exp().cpu())
+    return torch.cat(hs), torch.cat(zs), torch.cat(variances)
 
 
-def _fit_condition(z: np.ndarray, components: int, rank: int, seed: int) -> dict[str, np.ndarray]:
+def _fit_condition(z: np.ndarray, components: int, rank: int, seed: int, floor: np.ndarray) -> dict[str, np.ndarray]:
     """One condition's mixture: weights (k,), means and variances (k, d), and with rank r > 0 the bases
     (k, d, r) and spectra (k, r) of `FittedMixturePrior`. For r > 0 the components are full-covariance
     Gaussians in the r principal directions of `z`; the other directions get each component's own variance
-    there (by its responsibilities), so the covariance is B C B^T + D with B the principal directions."""
+    there (by its responsibilities), so the covariance is B C B^T + D with B the principal directions.
+    Every diagonal D is at least `floor` (d,)."""
     n, d = z.shape
     k = min(components, n)
     r = min(rank, d, n - 1)
@@ -57,7 +59,7 @@ def _fit_condition(z: np.ndarray, components: int, rank: int, seed: int) -> dict
         warnings.simplefilter("ignore", ConvergenceWarning)
         if r < 1:
             gmm = GaussianMixture(k, covariance_type="diag", reg_covar=REG, random_state=seed).fit(z)
-            return {"weights": gmm.weights_, "means": gmm.means_, "variances": gmm.covariances_,
+            return {"weights": gmm.weights_, "means": gmm.means_, "variances": np.maximum(gmm.covariances_, floor),
                     "bases": np.zeros((k, d, rank)), "spectra": np.zeros((k, rank))}
         centre = z.mean(0)
         directions = np.linalg.svd(z - centre, full_matrices=False)[2][:r]  # (r, d)
@@ -67,7 +69,7 @@ def _fit_condition(z: np.ndarray, components: int, rank: int, seed: int) -> dict
     resp = gmm.predict_proba(inside)  # (n, k)
     mass = np.maximum(resp.sum(0), 1e-12)[:, None]
     rest_mean = resp.T @ rest / mass
-    variances = np.maximum(resp.T @ rest**2 / mass - rest_mean**2, REG)
+    variances = np.maximum(resp.T @ rest**2 / mass - rest_mean**2, floor)
     bases, spectra = np.zeros((k, d, rank)), np.zeros((k, rank))
     for j in range(k):
         # whitened by D, the component's low-rank part W = B^T chol(C) factors as U diag(s) V^T
@@ -78,12 +80,16 @@ def _fit_condition(z: np.ndarray, components: int, rank: int, seed: int) -> dict
             "bases": bases, "spectra": spectra}
 
 
-def fit_mixture_tables(h: torch.Tensor, z: torch.Tensor, components: int, seed: int = 0,
-                       rank: int = 0) -> dict[str, torch.Tensor]:
+def fit_mixture_tables(h: torch.Tensor, z: torch.Tensor, components: int, seed: int = 0, rank: int = 0,
+                       noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """For each distinct row of `h`, a `components`-Gaussian mixture fitted to its rows of `z`: diagonal
     with `rank` 0, diagonal plus `rank` correlated directions otherwise (see `FittedMixturePrior`). A
-    condition with fewer rows gets fewer components; the missing ones get weight 0. Returns the
-    `fitted_mixture` prior's buffers: keys, log_weights, means, logvars (and bases, spectra for rank > 0)."""
+    condition with fewer rows gets fewer components; the missing ones get weight 0. `noise`, the
+    posterior variance behind each row of `z`, sets a floor: no component is narrower in any dimension
+    than the condition's mean posterior, since the aggregate posterior is a mixture of those posteriors
+    and a narrower component (a few points in many dimensions) only fits the draws it was given.
+    Returns the `fitted_mixture` prior's buffers: keys, log_weights, means, logvars (and bases, spectra
+    for rank > 0)."""
     if not torch.isfinite(z).all():
         raise CVAEError("fit-prior: the run's posterior draws are not finite (NaN or infinite): its encoder is broken")
     if h.shape[1] == 0:  # no conditions: one mixture for the whole training split
@@ -99,7 +105,9 @@ def fit_mixture_tables(h: torch.Tensor, z: torch.Tensor, components: int, seed: 
     if rank:
         tables |= {"bases": torch.zeros(len(keys), components, d, rank), "spectra": torch.zeros(len(keys), components, rank)}
     for i in range(len(keys)):
-        fit = _fit_condition(z[which == i].double().numpy(), components, rank, seed)
+        rows = which == i
+        floor = np.maximum(noise[rows].double().mean(0).numpy() if noise is not None else 0.0, REG)
+        fit = _fit_condition(z[rows].double().numpy(), components, rank, seed, np.broadcast_to(floor, (d,)))
         k = len(fit["weights"])
         tables["log_weights"][i, :k] = torch.from_numpy(np.log(np.maximum(fit["weights"], 1e-300)))
         tables["means"][i, :k] = torch.from_numpy(fit["means"])
@@ -126,9 +134,9 @@ def fit_prior(run_dir: str | Path, out: str | Path, *, components: int = 50, ran
                         f"(a fully-convolutional run: train it with prior 'pixelcnn' instead)")
     data = load_data(run.config)
     torch.manual_seed(seed)
-    h, z = training_posterior_draws(run.model, data, run.device, int(draws))
+    h, z, noise = training_posterior_draws(run.model, data, run.device, int(draws))
     rank = min(int(rank), z.shape[1])  # the whole latent: full covariances
-    tables = fit_mixture_tables(h, z, int(components), seed, rank)
+    tables = fit_mixture_tables(h, z, int(components), seed, rank, noise)
 
     config = copy.deepcopy(run.config)
     config["model"]["prior"] = "fitted_mixture"

@@ -31,8 +31,9 @@ def two_clusters_per_key(n: int = 400, seed: int = 0) -> tuple[torch.Tensor, tor
     return torch.nn.functional.one_hot(key, 2).float(), z, centre
 
 
-def fitted_prior(h: torch.Tensor, z: torch.Tensor, components: int, rank: int = 0) -> FittedMixturePrior:
-    tables = fit_mixture_tables(h, z, components, rank=rank)
+def fitted_prior(h: torch.Tensor, z: torch.Tensor, components: int, rank: int = 0,
+                 noise: torch.Tensor | None = None) -> FittedMixturePrior:
+    tables = fit_mixture_tables(h, z, components, rank=rank, noise=noise)
     prior = FittedMixturePrior(cond_features=h.shape[1], latent_dim=z.shape[1], components=components,
                                keys=len(tables["keys"]), rank=rank)
     prior.load_state_dict(tables)
@@ -145,6 +146,18 @@ def test_rank_follows_a_curved_cloud_that_diagonal_components_miss():
     assert distance_from_ring(low_rank.sample(h)).mean() < 0.5 * distance_from_ring(diagonal.sample(h)).mean()
     full = fitted_prior(h, z, components=8, rank=6)  # rank = latent_dim: full covariances
     assert torch.isfinite(full.log_prob(z_new, h)).all()
+
+
+def test_no_component_is_narrower_than_the_posteriors_it_was_fitted_to():
+    # 40 draws in 8 dimensions, 10 full-covariance components: about 4 points each, so unfloored
+    # components collapse onto the few draws they were given and miss new ones
+    g = torch.Generator().manual_seed(0)
+    z, z_new, h = torch.randn(40, 8, generator=g), torch.randn(400, 8, generator=g), torch.zeros(40, 0)
+    noise = torch.full_like(z, 0.3)
+    bare, floored = fitted_prior(h, z, 10, rank=8), fitted_prior(h, z, 10, rank=8, noise=noise)
+    used = floored.log_weights[0] > -math.inf
+    assert (floored.logvars[0, used].exp() >= 0.3 - 1e-6).all()
+    assert floored.log_prob(z_new, h[:1].expand(400, 0)).mean() > bare.log_prob(z_new, h[:1].expand(400, 0)).mean() + 1
 
 
 def test_continuous_conditions_are_refused():
