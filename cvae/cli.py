@@ -246,7 +246,8 @@ def _evaluate_run(run: Any, data: Any, iwae_samples: int | None = None, temperat
     ec = run.config["eval"]
     results = evaluate(run.model, data, run.device, run_dir=run.path, seed=run.config["seed"],
                        iwae_samples=iwae_samples or ec["iwae_samples"], batch_size=ec["batch_size"],
-                       sample_mode=ec["sample_mode"], temperature=ec["temperature"] if temperature is None else temperature)
+                       sample_mode=ec["sample_mode"], temperature=ec["temperature"] if temperature is None else temperature,
+                       source_dir=run.derived_from)
     results = {"checkpoint": str(run.checkpoint), "epoch": run.epoch, "step": run.step, **results}
     atomic_write(run.path / "eval.json", lambda f: f.write(json.dumps(results, indent=2).encode()))
     return results

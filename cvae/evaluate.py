@@ -26,7 +26,8 @@ class EvalContext:
     """What a metric plugin sees. `run_dir` (None outside a run) is where a metric may cache work,
     such as a classifier trained on the real training split; `seed` makes its randomness repeatable;
     `sample_mode` is how samples are decoded ("mean" or "sample"); `temperature` scales the prior's noise
-    when a metric draws samples (pass it to `model.sample`)."""
+    when a metric draws samples (pass it to `model.sample`). `source_dir` is the trained run a derived
+    run (`cvae fit-prior`) came from: a metric may reuse caches found there, and must not write there."""
 
     model: CVAE
     data: DataBundle
@@ -35,6 +36,7 @@ class EvalContext:
     seed: int = 0
     sample_mode: str = "mean"
     temperature: float = 1.0
+    source_dir: Path | None = None
 
 
 def active_units(means: torch.Tensor, threshold: float = ACTIVE_THRESHOLD) -> int:
@@ -88,16 +90,16 @@ def held_out_stats(model: CVAE, split: Dataset, device: torch.device, batch_size
 
 def evaluate(model: CVAE, data: DataBundle, device: torch.device, *, run_dir: Path | None = None, seed: int = 0,
              iwae_samples: int = 100, batch_size: int = 256, sample_mode: str = "mean",
-             temperature: float = 1.0) -> dict[str, Any]:
+             temperature: float = 1.0, source_dir: Path | None = None) -> dict[str, Any]:
     """Every held-out figure and every registered metric that applies, without disturbing the
-    caller's random state."""
+    caller's random state. `source_dir`: see `EvalContext`."""
     temperature = check_temperature(temperature)  # before the slow part
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         results = held_out_stats(model, data.test, device, batch_size, iwae_samples)
         results["sample_temperature"] = temperature
-        context = EvalContext(model, data, device, run_dir, seed, sample_mode, temperature)
+        context = EvalContext(model, data, device, run_dir, seed, sample_mode, temperature, source_dir)
         for spec in get_registry().specs("metric"):
             try:
                 values = spec.factory()(context)

@@ -124,7 +124,8 @@ def cvae_metrics() -> list:
     """Register evaluation metrics used by `cvae eval`.
 
     Returns a list of `MetricSpec`; `factory()` returns `metric(context) -> dict[str, float] | None`,
-    where `context` is a `cvae.evaluate.EvalContext` (model, data, device, generator). Return None
+    where `context` is a `cvae.evaluate.EvalContext` (model, data, device, seed, sample_mode,
+    temperature, run_dir for caches, source_dir: the trained run of a derived one). Return None
     when the metric does not apply (for example, class accuracy on unlabelled data). A value may also
     be a list of floats (None where undefined); `cvae eval` prints those whose name ends in `_by_class`
     and keeps every one in eval.json.

@@ -27,6 +27,7 @@ class Run:
     device: torch.device
     epoch: int
     step: int
+    derived_from: Path | None = None  # the trained run whose encoder and decoder this one reuses (`cvae fit-prior`)
 
 
 def load_run(run_dir: str | Path, device: str = "auto") -> Run:
@@ -46,4 +47,6 @@ def load_run(run_dir: str | Path, device: str = "auto") -> Run:
     except RuntimeError as exc:
         raise CheckpointError(f"{path} does not fit the model its config describes: {str(exc).splitlines()[0]}") from None
     model.eval()
-    return Run(run_dir, path, config, model, dev, state["epoch"], state["step"])
+    source = state.get("fitted_prior", {}).get("from")  # a checkpoint file: <run>/checkpoints/<file>
+    return Run(run_dir, path, config, model, dev, state["epoch"], state["step"],
+               Path(source).parent.parent if source else None)

@@ -98,6 +98,26 @@ def test_cache_is_retrained_for_another_config_or_a_corrupt_file(context, tmp_pa
     assert calls == [20, 20]
 
 
+def test_a_derived_run_reuses_the_judge_of_the_run_it_came_from(context, tmp_path, monkeypatch):
+    fast_metrics(context)  # the source run's judge, cached in its folder
+    source = {p: (context.run_dir / p).read_bytes() for p in ("classifier.pt", "classifier.json")}
+    monkeypatch.setattr(metrics, "_train_classifier", lambda *a, **k: pytest.fail("the source's judge was not reused"))
+    derived = EvalContext(context.model, context.data, context.device, run_dir=tmp_path / "derived",
+                          source_dir=context.run_dir)
+    assert fast_metrics(derived) == fast_metrics(context)
+    assert json.loads((tmp_path / "derived" / "classifier.json").read_text()) == json.loads(source["classifier.json"])
+    assert {p: (context.run_dir / p).read_bytes() for p in source} == source  # the source is only read
+    # a source judge trained otherwise is not reused
+    monkeypatch.undo()
+    other = EvalContext(context.model, context.data, context.device, run_dir=tmp_path / "other",
+                        source_dir=context.run_dir)
+    calls = []
+    train = metrics._train_classifier
+    monkeypatch.setattr(metrics, "_train_classifier", lambda *a: calls.append(a[2]["steps"]) or train(*a))
+    fast_metrics(other, steps=20, samples_per_class=0)
+    assert calls == [20]
+
+
 def test_an_ensemble_judge_averages_its_members_probabilities(context, tmp_path, monkeypatch):
     seeds = []
     train = metrics._train_classifier

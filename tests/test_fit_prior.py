@@ -179,6 +179,7 @@ def test_cli_writes_a_new_run_that_samples_and_evaluates(tiny, tiny_run, capsys,
 
     run, source = cvae.load_run(out), cvae.load_run(tiny_run)
     assert run.config["model"]["prior"] == "fitted_mixture" and run.step == source.step
+    assert run.derived_from == tiny_run and source.derived_from is None  # metrics may reuse the source's caches
     assert run.config["model"]["prior_options"] == {"components": 3, "keys": 3, "rank": 4}
     for name, value in source.model.state_dict().items():  # encoder, decoder and conditions are the trained ones
         if not name.startswith("prior."):

@@ -228,27 +228,41 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     os.replace(tmp, path)
 
 
+def _cached_judge(folder: Path, config: dict[str, Any], device: torch.device) -> Judge | None:
+    """The judge cached in `folder` if it was trained with `config`, else None."""
+    weights, meta = folder / CLASSIFIER_FILE, folder / CLASSIFIER_CONFIG
+    if not (weights.is_file() and meta.is_file()):
+        return None
+    try:
+        if json.loads(meta.read_text()) != config:
+            return None
+        net = _new_judge(config)
+        net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        return net.to(device).eval()
+    except (OSError, ValueError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as exc:
+        warnings.warn(f"retraining the evaluation classifier: the cached one in {folder} cannot be read ({exc})",
+                      stacklevel=3)
+        return None
+
+
 def _classifier(context: EvalContext, y: torch.Tensor, labels: torch.Tensor, config: dict[str, Any]) -> Judge:
-    """The judge for this run: loaded from `run_dir` when one trained with the same config on the
-    same data is cached there, trained (and cached) otherwise."""
+    """The judge for this run: the one trained with the same config on the same data and cached in
+    `run_dir`, or else in the run it was derived from (`source_dir`, read only), or else a new one; either
+    of the last two is then cached in `run_dir`."""
     run_dir = Path(context.run_dir) if context.run_dir is not None else None
-    if run_dir is not None:
-        weights, meta = run_dir / CLASSIFIER_FILE, run_dir / CLASSIFIER_CONFIG
-        if weights.is_file() and meta.is_file():
-            try:
-                if json.loads(meta.read_text()) == config:
-                    net = _new_judge(config)
-                    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-                    return net.to(context.device).eval()
-            except (OSError, ValueError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as exc:
-                warnings.warn(f"retraining the evaluation classifier: the cached one in {run_dir} "
-                              f"cannot be read ({exc})", stacklevel=2)
-    net = _train_judge(y, labels, config, context.device)
+    source_dir = Path(context.source_dir) if context.source_dir is not None else None
+    net = _cached_judge(run_dir, config, context.device) if run_dir is not None else None
+    if net is not None:
+        return net
+    if source_dir is not None:
+        net = _cached_judge(source_dir, config, context.device)
+    if net is None:
+        net = _train_judge(y, labels, config, context.device)
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-        _atomic_write(weights, lambda p: torch.save(state, p))
-        _atomic_write(meta, lambda p: p.write_text(json.dumps(config, indent=1) + "\n"))
+        _atomic_write(run_dir / CLASSIFIER_FILE, lambda p: torch.save(state, p))
+        _atomic_write(run_dir / CLASSIFIER_CONFIG, lambda p: p.write_text(json.dumps(config, indent=1) + "\n"))
     return net
 
 
