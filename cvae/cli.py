@@ -66,7 +66,8 @@ def _parser() -> tuple[argparse.ArgumentParser, Any]:
                        "posterior and write a run that samples from it")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--out", type=Path, required=True, help="the new run directory (the trained run is only read)")
-    p.add_argument("--components", type=int, default=50, help="Gaussians per distinct condition (default 50)")
+    p.add_argument("--components", type=int, default=None, help="Gaussians per distinct condition (default: one "
+                   "per 20 draws of the rarest condition, at most 50)")
     p.add_argument("--rank", type=int, default=32, help="correlated directions per Gaussian: full covariance in "
                    "the posteriors' R principal directions, diagonal across the rest (default 32; 0: diagonal)")
     p.add_argument("--draws", type=int, default=1, help="posterior draws per training example to fit (default 1)")
@@ -263,7 +264,7 @@ def _fit_prior(args: argparse.Namespace) -> int:
     keys, rank = len(run.model.prior.keys), run.model.prior.rank
     shape = ("diagonal" if rank == 0 else "full covariance" if rank == run.model.latent_dim
              else f"rank {rank} plus diagonal")
-    print(f"fitted {args.components} Gaussians ({shape}) for each of {keys} condition value{'s' * (keys > 1)} to "
+    print(f"fitted {run.model.prior.k} Gaussians ({shape}) for each of {keys} condition value{'s' * (keys > 1)} to "
           f"{args.draws * len(data.train)} posterior draws of the training split -> {args.out}")
     ec = config["eval"]
     save_sample_grid(run.model, data, args.out / "samples.png", mode=ec["sample_mode"], seed=config["seed"],

@@ -23,9 +23,10 @@ from .errors import CVAEError
 from .model import CVAE
 from .runs import Run, load_run
 
-__all__ = ["MAX_KEYS", "fit_prior", "fit_mixture_tables", "training_posterior_draws"]
+__all__ = ["MAX_KEYS", "default_components", "fit_prior", "fit_mixture_tables", "training_posterior_draws"]
 
 REG = 1e-4  # added to every fitted variance, as scikit-learn's reg_covar: no component collapses onto one point
+MAX_COMPONENTS, DRAWS_PER_COMPONENT = 50, 20  # the default number of components (see default_components)
 MAX_KEYS = 1000  # distinct condition rows: beyond this each has too few examples for a mixture of its own
 
 
@@ -118,11 +119,20 @@ def fit_mixture_tables(h: torch.Tensor, z: torch.Tensor, components: int, seed: 
     return tables
 
 
-def fit_prior(run_dir: str | Path, out: str | Path, *, components: int = 50, rank: int = 32, draws: int = 1,
+def default_components(h: torch.Tensor) -> int:
+    """One Gaussian per DRAWS_PER_COMPONENT draws of the rarest condition, at least 1 and at most
+    MAX_COMPONENTS: more components than that fit the training draws, not the posteriors behind them (on
+    digits, about 140 draws per class, 50 components lower the test ELBO by 13 nats, 3 by 1)."""
+    counts = torch.unique(h, dim=0, return_counts=True)[1] if h.shape[1] else torch.tensor([len(h)])
+    return int(min(MAX_COMPONENTS, max(1, int(counts.min()) // DRAWS_PER_COMPONENT)))
+
+
+def fit_prior(run_dir: str | Path, out: str | Path, *, components: int | None = None, rank: int = 32, draws: int = 1,
               seed: int = 0, device: str = "auto") -> tuple[Run, DataBundle]:
-    """Write to `out` a run whose model is `run_dir`'s with its prior replaced by a fitted mixture;
-    returns that run, read back from disk, and its data."""
-    if int(components) < 1 or int(draws) < 1 or int(rank) < 0:
+    """Write to `out` a run whose model is `run_dir`'s with its prior replaced by a fitted mixture of
+    `components` Gaussians per condition (None: `default_components`); returns that run, read back from
+    disk, and its data."""
+    if (components is not None and int(components) < 1) or int(draws) < 1 or int(rank) < 0:
         raise CVAEError(f"fit-prior: --components and --draws must be >= 1 and --rank >= 0, got {components}, {draws} "
                         f"and {rank}")
     out = Path(out)
@@ -136,11 +146,12 @@ def fit_prior(run_dir: str | Path, out: str | Path, *, components: int = 50, ran
     torch.manual_seed(seed)
     h, z, noise = training_posterior_draws(run.model, data, run.device, int(draws))
     rank = min(int(rank), z.shape[1])  # the whole latent: full covariances
-    tables = fit_mixture_tables(h, z, int(components), seed, rank, noise)
+    components = default_components(h) if components is None else int(components)
+    tables = fit_mixture_tables(h, z, components, seed, rank, noise)
 
     config = copy.deepcopy(run.config)
     config["model"]["prior"] = "fitted_mixture"
-    config["model"]["prior_options"] = {"components": int(components), "keys": len(tables["keys"]), "rank": rank}
+    config["model"]["prior_options"] = {"components": components, "keys": len(tables["keys"]), "rank": rank}
     model = build_model(config, data.target, data.conditions).to(run.device)
     state = {k: v for k, v in run.model.state_dict().items() if not k.startswith("prior.")}
     state.update({f"prior.{k}": v.to(run.device) for k, v in tables.items()})
@@ -153,6 +164,6 @@ def fit_prior(run_dir: str | Path, out: str | Path, *, components: int = 50, ran
         "config": config, "target": data.target.to_dict(),
         "conditions": {k: v.to_dict() for k, v in data.conditions.items()},
         "model": {k: v.cpu() for k, v in model.state_dict().items()}, "epoch": run.epoch, "step": run.step, "batch": 0,
-        "fitted_prior": {"from": str(run.checkpoint), "components": int(components), "rank": rank, "draws": int(draws),
+        "fitted_prior": {"from": str(run.checkpoint), "components": components, "rank": rank, "draws": int(draws),
                          "seed": int(seed)}})
     return load_run(out, device), data

@@ -11,7 +11,7 @@ import torch
 
 import cvae
 from cvae.cli import main
-from cvae.expost import MAX_KEYS, fit_mixture_tables
+from cvae.expost import MAX_KEYS, default_components, fit_mixture_tables
 from cvae.priors import FittedMixturePrior
 
 
@@ -160,6 +160,14 @@ def test_no_component_is_narrower_than_the_posteriors_it_was_fitted_to():
     assert floored.log_prob(z_new, h[:1].expand(400, 0)).mean() > bare.log_prob(z_new, h[:1].expand(400, 0)).mean() + 1
 
 
+def test_the_default_number_of_components_follows_the_rarest_condition():
+    one_hot = torch.eye(2)
+    assert default_components(one_hot[torch.tensor([0] * 100 + [1] * 45)]) == 2  # 45 draws // 20
+    assert default_components(one_hot[torch.tensor([0] * 5000 + [1] * 3000)]) == 50  # at most 50
+    assert default_components(one_hot[torch.tensor([0] * 7 + [1] * 3)]) == 1  # at least 1
+    assert default_components(torch.zeros(300, 0)) == 15  # no conditions: all draws
+
+
 def test_continuous_conditions_are_refused():
     h = torch.randn(MAX_KEYS + 1, 2)
     with pytest.raises(cvae.CVAEError, match="distinct values"):
@@ -199,7 +207,8 @@ def test_cli_fits_low_rank_components(tiny, tiny_run, capsys, tmp_path):
     assert run.config["model"]["prior_options"]["rank"] == 3 and run.model.prior.bases.shape[-1] == 3
     assert torch.isfinite(run.model.sample({"label": torch.arange(3)})).all()
     code, stdout, stderr = run_cli(capsys, "fit-prior", tiny_run, "--out", tmp_path / "diagonal", "--rank", 0)
-    assert code == 0 and "fitted 50 Gaussians (diagonal)" in stdout, stderr
+    # the rarest label has 50 training examples: the default is one Gaussian per 20 draws
+    assert code == 0 and "fitted 2 Gaussians (diagonal)" in stdout, stderr
     assert not hasattr(cvae.load_run(tmp_path / "diagonal").model.prior, "bases")
 
 
