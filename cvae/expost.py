@@ -25,7 +25,7 @@ from .runs import Run, load_run
 
 __all__ = ["MAX_KEYS", "default_components", "fit_prior", "fit_mixture_tables", "training_posterior_draws"]
 
-REG = 1e-4  # added to every fitted variance, as scikit-learn's reg_covar: no component collapses onto one point
+REG = 1e-4  # scikit-learn's reg_covar, and the least variance of any fitted direction: no component collapses
 MAX_COMPONENTS, DRAWS_PER_COMPONENT = 50, 20  # the default number of components (see default_components)
 MAX_KEYS = 1000  # distinct condition rows: beyond this each has too few examples for a mixture of its own
 
@@ -52,10 +52,13 @@ def _fit_condition(z: np.ndarray, components: int, rank: int, seed: int, floor: 
     (k, d, r) and spectra (k, r) of `FittedMixturePrior`. For r > 0 the components are full-covariance
     Gaussians in the r principal directions of `z`; the other directions get each component's own variance
     there (by its responsibilities), so the covariance is B C B^T + D with B the principal directions.
-    Every diagonal D is at least `floor` (d,)."""
+    D is added in every direction, the principal ones included, and is at least `floor` (d,)."""
     n, d = z.shape
+    if n < 2:  # EM needs two points: one draw is one Gaussian at it, as wide as the floor
+        return {"weights": np.ones(1), "means": z, "variances": floor[None].copy(), "bases": np.zeros((1, d, rank)),
+                "spectra": np.zeros((1, rank))}
     k = min(components, n)
-    r = min(rank, d, n - 1)
+    r = min(rank, d, n - 1)  # n points span at most n - 1 directions about their mean
     with warnings.catch_warnings():  # EM stopped at its iteration limit is still a usable fit
         warnings.simplefilter("ignore", ConvergenceWarning)
         if r < 1:
@@ -82,10 +85,10 @@ def _fit_condition(z: np.ndarray, components: int, rank: int, seed: int, floor: 
 
 
 def fit_mixture_tables(h: torch.Tensor, z: torch.Tensor, components: int, seed: int = 0, rank: int = 0,
-                       noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                       posterior_var: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """For each distinct row of `h`, a `components`-Gaussian mixture fitted to its rows of `z`: diagonal
     with `rank` 0, diagonal plus `rank` correlated directions otherwise (see `FittedMixturePrior`). A
-    condition with fewer rows gets fewer components; the missing ones get weight 0. `noise`, the
+    condition with fewer rows gets fewer components; the missing ones get weight 0. `posterior_var`, the
     posterior variance behind each row of `z`, sets a floor: no component is narrower in any dimension
     than the condition's mean posterior, since the aggregate posterior is a mixture of those posteriors
     and a narrower component (a few points in many dimensions) only fits the draws it was given.
@@ -93,6 +96,8 @@ def fit_mixture_tables(h: torch.Tensor, z: torch.Tensor, components: int, seed: 
     for rank > 0)."""
     if not torch.isfinite(z).all():
         raise CVAEError("fit-prior: the run's posterior draws are not finite (NaN or infinite): its encoder is broken")
+    if not 0 <= rank <= z.shape[1]:
+        raise CVAEError(f"fit-prior: the rank must be in [0, latent size = {z.shape[1]}], got {rank}")
     if h.shape[1] == 0:  # no conditions: one mixture for the whole training split
         keys, which = h[:1], torch.zeros(len(h), dtype=torch.long)
     else:
@@ -107,7 +112,7 @@ def fit_mixture_tables(h: torch.Tensor, z: torch.Tensor, components: int, seed: 
         tables |= {"bases": torch.zeros(len(keys), components, d, rank), "spectra": torch.zeros(len(keys), components, rank)}
     for i in range(len(keys)):
         rows = which == i
-        floor = np.maximum(noise[rows].double().mean(0).numpy() if noise is not None else 0.0, REG)
+        floor = np.maximum(posterior_var[rows].double().mean(0).numpy() if posterior_var is not None else 0.0, REG)
         fit = _fit_condition(z[rows].double().numpy(), components, rank, seed, np.broadcast_to(floor, (d,)))
         k = len(fit["weights"])
         tables["log_weights"][i, :k] = torch.from_numpy(np.log(np.maximum(fit["weights"], 1e-300)))
@@ -144,10 +149,10 @@ def fit_prior(run_dir: str | Path, out: str | Path, *, components: int | None = 
                         f"(a fully-convolutional run: train it with prior 'pixelcnn' instead)")
     data = load_data(run.config)
     torch.manual_seed(seed)
-    h, z, noise = training_posterior_draws(run.model, data, run.device, int(draws))
-    rank = min(int(rank), z.shape[1])  # the whole latent: full covariances
+    h, z, posterior_var = training_posterior_draws(run.model, data, run.device, int(draws))
+    rank = min(int(rank), z.shape[1])  # a rank beyond the latent size means full covariances
     components = default_components(h) if components is None else int(components)
-    tables = fit_mixture_tables(h, z, components, seed, rank, noise)
+    tables = fit_mixture_tables(h, z, components, seed, rank, posterior_var)
 
     config = copy.deepcopy(run.config)
     config["model"]["prior"] = "fitted_mixture"
@@ -164,6 +169,6 @@ def fit_prior(run_dir: str | Path, out: str | Path, *, components: int | None = 
         "config": config, "target": data.target.to_dict(),
         "conditions": {k: v.to_dict() for k, v in data.conditions.items()},
         "model": {k: v.cpu() for k, v in model.state_dict().items()}, "epoch": run.epoch, "step": run.step, "batch": 0,
-        "fitted_prior": {"from": str(run.checkpoint), "components": components, "rank": rank, "draws": int(draws),
+        "fitted_prior": {"from": str(run.checkpoint.resolve()), "components": components, "rank": rank, "draws": int(draws),
                          "seed": int(seed)}})
     return load_run(out, device), data

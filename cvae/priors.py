@@ -28,6 +28,13 @@ def gaussian_log_prob(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -
     return lp.flatten(1).sum(1)
 
 
+def _pick(log_w: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The component each uniform `u` (batch, 1) selects by inverse CDF of the weights `exp(log_w)`
+    (batch, k); never one of weight 0, which rounding in the cumulative sum could otherwise reach."""
+    last = (log_w > -math.inf).sum(1, keepdim=True) - 1
+    return torch.minimum((log_w.exp().cumsum(1) < u).sum(1, keepdim=True), last).squeeze(1)
+
+
 class Prior(nn.Module):
     """A diagonal Gaussian over z given condition features `h`; subclasses implement `params`.
 
@@ -154,7 +161,7 @@ class MixturePrior(Prior):
         component that the uniform `u` (batch, 1) picks by inverse CDF of the weights, then its mean
         plus its scale times the standard normal `eps` (batch, latent_dim)."""
         log_w, mu, logvar = self.components(h)
-        pick = (log_w.exp().cumsum(1) < u).sum(1).clamp(max=self.k - 1)
+        pick = _pick(log_w, u)
         rows = torch.arange(len(h), device=h.device)
         return mu[rows, pick] + torch.exp(0.5 * logvar[rows, pick]) * eps
 
@@ -207,6 +214,8 @@ class FittedMixturePrior(MixturePrior):
         return torch.cdist(h.to(self.keys.dtype), self.keys).argmin(1)
 
     def components(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Log weights, means and the diagonal parts D (as log-variances) of each row's mixture; with
+        rank > 0 the correlated parts are in `bases` and `spectra`."""
         rows = self._rows(h)
         return self.log_weights[rows], self.means[rows], self.logvars[rows]
 
@@ -214,11 +223,11 @@ class FittedMixturePrior(MixturePrior):
         if not self.rank:
             return super().params(h)
         rows = self._rows(h)
-        # the diagonal of each component's covariance: D (1 + sum_j s2_j U_ij^2)
-        var = self.logvars[rows].exp() * (1 + (self.bases[rows] ** 2 * self.spectra[rows].unsqueeze(-2)).sum(-1))
+        # the diagonal of each component's covariance, D (1 + sum_j s2_j U_ij^2), once per key, not per row
+        diagonal = self.logvars.exp() * (1 + (self.bases**2 * self.spectra.unsqueeze(-2)).sum(-1))
         w = self.log_weights[rows].exp().unsqueeze(-1)
         mean = (w * self.means[rows]).sum(1)
-        var = (w * (var + self.means[rows] ** 2)).sum(1) - mean**2
+        var = (w * (diagonal[rows] + self.means[rows] ** 2)).sum(1) - mean**2
         return mean, var.clamp(min=1e-8).log()
 
     def log_prob(self, z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
@@ -231,8 +240,10 @@ class FittedMixturePrior(MixturePrior):
             x = (z[sel].unsqueeze(1) - self.means[key]) * torch.exp(-0.5 * self.logvars[key])  # (n, k, d) whitened
             s2 = self.spectra[key]
             along = torch.einsum("nkd,kdr->nkr", x, self.bases[key])
-            # Woodbury: (I + U S U^T)^-1 = I - U S (I + S)^-1 U^T, and log det(I + U S U^T) = sum log(1 + s2)
-            mahalanobis = (x**2).sum(-1) - (along**2 * (s2 / (1 + s2))).sum(-1)
+            across = x - torch.einsum("nkr,kdr->nkd", along, self.bases[key])
+            # (I + U S U^T)^-1 is I across U and 1 / (1 + s2) along it; log det(I + U S U^T) = sum log(1 + s2).
+            # Summing the two parts, not subtracting from |x|^2, keeps float32 exact when s2 is large.
+            mahalanobis = (across**2).sum(-1) + (along**2 / (1 + s2)).sum(-1)
             log_det = self.logvars[key].sum(-1) + torch.log1p(s2).sum(-1)
             per = -0.5 * (mahalanobis + log_det + self.latent_dim * math.log(2 * math.pi))
             out[sel] = torch.logsumexp(self.log_weights[key] + per, dim=1)
@@ -242,8 +253,7 @@ class FittedMixturePrior(MixturePrior):
         """As `MixturePrior.draw`; with rank > 0 the noise goes through the symmetric square root of
         I + U S U^T, which is I + U ((1 + s2)^1/2 - 1) U^T, so `eps` keeps its shape (batch, latent_dim)."""
         rows = self._rows(h)
-        log_w = self.log_weights[rows]
-        pick = (log_w.exp().cumsum(1) < u).sum(1).clamp(max=self.k - 1)
+        pick = _pick(self.log_weights[rows], u)
         if self.rank:
             basis = self.bases[rows, pick]  # (batch, d, r)
             gain = torch.sqrt(1 + self.spectra[rows, pick]) - 1

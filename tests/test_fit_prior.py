@@ -3,6 +3,7 @@ as the `fitted_mixture` prior of a new run that `cvae sample` and `cvae eval` us
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 
@@ -32,8 +33,8 @@ def two_clusters_per_key(n: int = 400, seed: int = 0) -> tuple[torch.Tensor, tor
 
 
 def fitted_prior(h: torch.Tensor, z: torch.Tensor, components: int, rank: int = 0,
-                 noise: torch.Tensor | None = None) -> FittedMixturePrior:
-    tables = fit_mixture_tables(h, z, components, rank=rank, noise=noise)
+                 posterior_var: torch.Tensor | None = None) -> FittedMixturePrior:
+    tables = fit_mixture_tables(h, z, components, rank=rank, posterior_var=posterior_var)
     prior = FittedMixturePrior(cond_features=h.shape[1], latent_dim=z.shape[1], components=components,
                                keys=len(tables["keys"]), rank=rank)
     prior.load_state_dict(tables)
@@ -124,6 +125,16 @@ def test_low_rank_components_have_the_density_and_draws_of_their_full_covariance
 RING_PLANE = torch.linalg.qr(torch.randn(6, 2, generator=torch.Generator().manual_seed(99)))[0]
 
 
+def test_the_density_stays_exact_in_float32_when_the_spectra_are_large():
+    prior = low_rank_prior(d=32, rank=32)
+    prior.spectra.mul_(2e4)  # s2 up to 1e5: the full-rank fit of a tight cloud
+    h = torch.zeros(50, 0)
+    torch.manual_seed(0)
+    z = prior.sample(h)
+    exact = copy.deepcopy(prior).double().log_prob(z.double(), h.double())
+    assert (prior.log_prob(z, h).double() - exact).abs().max() < 1e-2
+
+
 def noisy_ring(n: int, seed: int) -> torch.Tensor:
     """A circle of radius 3 in a random plane of 6-D space, with noise 0.05 off it: a curved cloud, like
     the posteriors of one shape over its rotations."""
@@ -154,7 +165,7 @@ def test_no_component_is_narrower_than_the_posteriors_it_was_fitted_to():
     g = torch.Generator().manual_seed(0)
     z, z_new, h = torch.randn(40, 8, generator=g), torch.randn(400, 8, generator=g), torch.zeros(40, 0)
     noise = torch.full_like(z, 0.3)
-    bare, floored = fitted_prior(h, z, 10, rank=8), fitted_prior(h, z, 10, rank=8, noise=noise)
+    bare, floored = fitted_prior(h, z, 10, rank=8), fitted_prior(h, z, 10, rank=8, posterior_var=noise)
     used = floored.log_weights[0] > -math.inf
     assert (floored.logvars[0, used].exp() >= 0.3 - 1e-6).all()
     assert floored.log_prob(z_new, h[:1].expand(400, 0)).mean() > bare.log_prob(z_new, h[:1].expand(400, 0)).mean() + 1
@@ -166,6 +177,16 @@ def test_the_default_number_of_components_follows_the_rarest_condition():
     assert default_components(one_hot[torch.tensor([0] * 5000 + [1] * 3000)]) == 50  # at most 50
     assert default_components(one_hot[torch.tensor([0] * 7 + [1] * 3)]) == 1  # at least 1
     assert default_components(torch.zeros(300, 0)) == 15  # no conditions: all draws
+
+
+def test_a_condition_with_one_example_gets_one_gaussian_at_it():
+    h = torch.tensor([[1.0, 0.0]] * 6 + [[0.0, 1.0]])
+    z = torch.randn(7, 3, generator=torch.Generator().manual_seed(0))
+    for rank in (0, 2):
+        prior = fitted_prior(h, z, 4, rank=rank, posterior_var=torch.full_like(z, 0.1))
+        log_w, means, logvars = prior.components(h[-1:])
+        assert int((log_w > -math.inf).sum()) == 1 and torch.allclose(means[0, 0], z[-1])
+        assert torch.allclose(logvars[0, 0].exp(), torch.full((3,), 0.1))
 
 
 def test_continuous_conditions_are_refused():
