@@ -123,9 +123,11 @@ class CVAE(nn.Module):
         """The beta-weighted negative ELBO of a batch, with its parts."""
         h = self._inputs(conditions, y)
         mu, logvar = self.posterior(y, h)
+        # under autocast the layers' outputs are low precision: the densities are computed in y's dtype
+        mu, logvar = mu.to(y.dtype), logvar.to(y.dtype)
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-        rec = self.likelihood.log_prob(self.decoder(z, h), y).mean()
-        kl_per_dim = self.prior.kl(mu, logvar, z, h).mean(0)
+        rec = self.likelihood.log_prob(self.decoder(z, h).to(y.dtype), y).mean()
+        kl_per_dim = self.prior.kl(mu, logvar, z, h).to(y.dtype).mean(0)
         kl = kl_per_dim.sum()
         if free_bits > 0 and kl_per_dim.numel() != mu[0].numel():  # one column: pool over every dimension
             kl_term = torch.clamp(kl, min=mu[0].numel() * free_bits)

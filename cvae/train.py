@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -80,6 +81,9 @@ class Trainer:
             torch.manual_seed(distributed.noise_seed(self.config["seed"], self.dist.rank))
         tc = self.config["train"]
         self.optimizer = _adam(self.model.parameters(), tc["lr"], tc["weight_decay"], fused=fast)
+        device_type = self.device.type
+        self._precision = ((lambda: torch.autocast(device_type, dtype=torch.bfloat16)) if tc["precision"] == "bfloat16"
+                           else contextlib.nullcontext)
         self.schedule = get_registry().get("schedule", tc["schedule"]).build(
             options=tc["schedule_options"], where="train.schedule_options", beta=tc["beta"])
         self.epoch = self.batch = self.step = 0
@@ -231,7 +235,8 @@ class Trainer:
         self.model.train()
         for conds, y in bar:
             beta = self.schedule.beta(self.step)
-            terms = self.net(conds, y, beta=beta, free_bits=tc["free_bits"], free_bits_group=tc["free_bits_group"])
+            with self._precision():
+                terms = self.net(conds, y, beta=beta, free_bits=tc["free_bits"], free_bits_group=tc["free_bits_group"])
             size = min(bs, n - self.batch * bs)  # examples in the global batch
             loss = terms.loss
             if world > 1:  # this shard's weight in the global batch mean (DDP averages the gradients)

@@ -13,6 +13,7 @@ from PIL import Image
 
 from cvae import ConfigError, CVAEError
 from cvae.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from cvae.data import iterate_batches
 from cvae.runs import load_run
 from cvae.train import NonFiniteLossError, Trainer
 
@@ -86,6 +87,22 @@ def test_the_loss_decreases(tiny_config, tmp_path):
     losses = [r["loss"] for r in rows(tmp_path / "run")]
     assert losses[-1] < losses[0] - 1.0, losses
     assert rows(tmp_path / "run")[-1]["test_elbo"] > rows(tmp_path / "run")[0]["test_elbo"]
+
+
+def test_bfloat16_layers_train_with_float32_densities(tiny_config, tmp_path):
+    cfg = tiny_config("train.epochs=4", "train.lr=0.01", 'train.precision="bfloat16"')
+    trainer, _ = fit(cfg, tmp_path / "run")
+    losses = [r["loss"] for r in rows(tmp_path / "run")]
+    assert losses[-1] < losses[0] - 1.0, losses
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # the weights stay float32
+    conds, y = next(iter(iterate_batches(trainer.data.test, 16)))
+    torch.manual_seed(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        terms = trainer.model(conds, y)
+    torch.manual_seed(0)  # the same draws of z
+    plain = trainer.model(conds, y)
+    assert terms.rec.dtype == terms.kl.dtype == torch.float32  # not summed in bfloat16
+    assert abs(terms.rec.item() - plain.rec.item()) < 0.05 * abs(plain.rec.item()) + 1.0
 
 
 def test_non_image_targets_get_no_pictures_and_no_bits_per_dim_for_a_density(tiny_config, tmp_path):
