@@ -3,8 +3,8 @@ hand-written eager fp32 loop on the same model, the same data and the same seed.
 
 Variants (`Variant`): the hand-written loop with levers switched on one at a time or together, and
 the toolkit's own trainer (`cvae.Trainer`, its real per-step code: `Trainer._run_epoch`) with
-`train.fast` off (plain Adam, the same optimiser as the baseline: what the toolkit itself costs) and
-on (its defaults). Levers:
+`train.fast` off (plain Adam, the same optimiser as the baseline: what the toolkit itself costs), on
+(its defaults), and with `train.precision = "bfloat16"` (`toolkit_bf16`). Levers:
 
 - `resident`: the data lives on the device (the baseline copies each batch from host memory); CUDA only
 - `fused`: `torch.optim.Adam(fused=True)` (the baseline uses torch's default Adam)
@@ -80,6 +80,7 @@ def variants_for(device: torch.device, spec: BenchModel, compile: bool = True) -
         Variant("model_plain", cvae_forward=True),
         Variant("toolkit_plain", toolkit=True, fast=False),
         Variant("toolkit", toolkit=True, fast=True),
+        Variant("toolkit_bf16", frozenset({"bf16"}), toolkit=True, fast=True),
         Variant("resident", frozenset({"resident"})),
         Variant("fused", frozenset({"fused"})),
         Variant("bf16", frozenset({"bf16"})),
@@ -185,6 +186,7 @@ class ToolkitLoop:
     def __init__(self, variant: Variant, config: dict[str, Any], run_dir: Path) -> None:
         cfg = copy.deepcopy(config)
         cfg["train"]["fast"] = variant.fast
+        cfg["train"]["precision"] = "bfloat16" if "bf16" in variant.levers else "float32"
         self.trainer = cvae.Trainer(cfg, run_dir)
         self.device = self.trainer.device
 
@@ -340,7 +342,8 @@ def train_benchmark(model: str, device: torch.device, batch_size: int, *, rounds
             "gflop_per_step": flops / 1e9, "tflop_per_s": flops / step_s / 1e12,
         }
         if v.toolkit:
-            row["config"] = {"train.fast": v.fast, "train.grad_clip": 0.0}
+            row["config"] = {"train.fast": v.fast, "train.grad_clip": 0.0,
+                             "train.precision": "bfloat16" if "bf16" in v.levers else "float32"}
         if peak is not None:
             row["mfu"] = flops / step_s / peak
             row["peak_tflop_per_s"] = peak / 1e12
