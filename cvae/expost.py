@@ -138,7 +138,8 @@ def fit_prior(run_dir: str | Path, out: str | Path, *, components: int | None = 
     `components` Gaussians per condition (None: `default_components`); returns that run, read back from
     disk, and its data."""
     if (components is not None and int(components) < 1) or int(draws) < 1 or int(rank) < 0:
-        raise CVAEError(f"fit-prior: --components and --draws must be >= 1 and --rank >= 0, got {components}, {draws} "
+        shown = "the default" if components is None else components
+        raise CVAEError(f"fit-prior: --components and --draws must be >= 1 and --rank >= 0, got {shown}, {draws} "
                         f"and {rank}")
     out = Path(out)
     if (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()):
