@@ -71,6 +71,8 @@ SCHEMA: tuple[Key, ...] = (
     Key("model.prior_options", {}, "options for the prior (for example hidden widths)", dict),
     Key("train.epochs", 100, "passes over the training split", int, check=_positive, check_doc="> 0"),
     Key("train.lr", 1e-3, "Adam learning rate", _NUM, check=_positive, check_doc="> 0"),
+    Key("train.lr_schedule", "constant", "how the learning rate moves over training: 'constant', or 'cosine' (from "
+        "train.lr at the first step down to 0 at the last, along half a cosine)", str, choices=("constant", "cosine")),
     Key("train.weight_decay", 1e-4, "Adam weight decay (L2), against overfitting small datasets", _NUM,
         check=_non_negative, check_doc=">= 0"),
     Key("train.beta", 1.0, "KL weight at full strength; 1 is the ELBO, above 1 pushes q toward the prior", _NUM,

@@ -219,6 +219,15 @@ class Trainer:
         call_hook("cvae_fit_end", trainer=self, metrics=metrics)
         return metrics
 
+    def _lr(self, step: int) -> float:
+        """The learning rate of `step` under train.lr_schedule: a function of the step alone, so a resumed
+        run continues the same curve (a resume with more epochs stretches what is left of it)."""
+        tc = self.config["train"]
+        if tc["lr_schedule"] == "constant":
+            return tc["lr"]
+        total = tc["epochs"] * math.ceil(len(self.train_split) / self.config["data"]["batch_size"])
+        return tc["lr"] * 0.5 * (1 + math.cos(math.pi * min(step / max(total - 1, 1), 1.0)))
+
     def _run_epoch(self) -> dict[str, Any]:
         tc = self.config["train"]
         bs = self.config["data"]["batch_size"]
@@ -235,6 +244,9 @@ class Trainer:
         self.model.train()
         for conds, y in bar:
             beta = self.schedule.beta(self.step)
+            if tc["lr_schedule"] != "constant":
+                for group in self.optimizer.param_groups:
+                    group["lr"] = self._lr(self.step)
             with self._precision():
                 terms = self.net(conds, y, beta=beta, free_bits=tc["free_bits"], free_bits_group=tc["free_bits_group"])
             size = min(bs, n - self.batch * bs)  # examples in the global batch
@@ -282,6 +294,7 @@ class Trainer:
                                    if self.dist.is_main else None)
         mean = (self.epoch_sums / max(self.epoch_count, 1)).tolist()
         return {"epoch": self.epoch + 1, "step": self.step, "loss": mean[0], "rec": mean[1], "kl": mean[2], "beta": self.epoch_beta,
+                "lr": self.optimizer.param_groups[0]["lr"],
                 "test_elbo": test["test_elbo"], "test_rec": test["test_rec"], "test_kl": test["test_kl"],
                 "active_units": test["active_units"], "seconds": seconds,
                 "examples_per_s": seen / seconds if seconds > 0 else None}

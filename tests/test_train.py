@@ -18,7 +18,7 @@ from cvae.runs import load_run
 from cvae.train import NonFiniteLossError, Trainer
 
 TIMING = ("seconds", "examples_per_s")  # wall-clock figures: the only metrics allowed to differ between runs
-ROW_KEYS = {"epoch", "step", "loss", "rec", "kl", "beta", "test_elbo", "test_rec", "test_kl", "active_units", *TIMING}
+ROW_KEYS = {"epoch", "step", "loss", "rec", "kl", "beta", "lr", "test_elbo", "test_rec", "test_kl", "active_units", *TIMING}
 
 
 def fit(cfg: dict, out, resume: bool = False) -> tuple[Trainer, dict]:
@@ -105,6 +105,24 @@ def test_bfloat16_layers_train_with_float32_densities(tiny_config, tmp_path):
     assert abs(terms.rec.item() - plain.rec.item()) < 0.05 * abs(plain.rec.item()) + 1.0
 
 
+def test_a_cosine_learning_rate_falls_from_train_lr_to_zero_at_the_last_step(tiny_config, tmp_path):
+    trainer, _ = fit(tiny_config("train.epochs=3", "train.lr=0.01", 'train.lr_schedule="cosine"'), tmp_path / "cosine")
+    total = 18  # 3 epochs of 6 batches
+    assert trainer._lr(0) == pytest.approx(0.01) and trainer._lr(total - 1) == pytest.approx(0.0, abs=1e-12)
+    expected = [0.01 * 0.5 * (1 + math.cos(math.pi * (6 * e - 1) / (total - 1))) for e in (1, 2, 3)]
+    assert [r["lr"] for r in rows(tmp_path / "cosine")] == pytest.approx(expected, abs=1e-12)  # each epoch's last step
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    fit(tiny_config("train.epochs=3", "train.lr=0.01"), tmp_path / "constant")
+    constant = rows(tmp_path / "constant")
+    assert [r["lr"] for r in constant] == [0.01] * 3
+    assert [r["loss"] for r in constant][1:] != [r["loss"] for r in rows(tmp_path / "cosine")][1:]
+
+
+def test_an_unknown_learning_rate_schedule_names_the_allowed_ones(tiny_config, tmp_path):
+    with pytest.raises(ConfigError, match="train.lr_schedule = 'linear': allowed are 'constant', 'cosine'"):
+        Trainer(tiny_config('train.lr_schedule="linear"'), tmp_path / "run")
+
+
 def test_non_image_targets_get_no_pictures_and_no_bits_per_dim_for_a_density(tiny_config, tmp_path):
     cfg = tiny_config('data.name="tiny_vectors"', 'model.likelihood="gaussian"', "model.likelihood_options.sigma=0.5")
     _, metrics = fit(cfg, tmp_path / "run")
@@ -155,9 +173,12 @@ def test_resume_at_an_epoch_boundary_is_exact(tiny_config, tmp_path):
         assert_same_parameters(a["optimizer"]["state"][k], b["optimizer"]["state"][k])
 
 
-@pytest.mark.parametrize("stop_at", [9, 12])  # mid-epoch 2 (batch 3 of 6), and at its last batch
-def test_interrupt_mid_epoch_saves_the_position_and_resume_is_exact(tiny_config, lifecycle_plugin, tmp_path, stop_at):
-    whole, _ = fit(tiny_config("train.epochs=3"), tmp_path / "whole")
+@pytest.mark.parametrize("stop_at, lr_schedule", [(9, "constant"), (12, "constant"), (9, "cosine")])
+def test_interrupt_mid_epoch_saves_the_position_and_resume_is_exact(tiny_config, lifecycle_plugin, tmp_path, stop_at,
+                                                                     lr_schedule):
+    # stop_at 9: mid-epoch 2 (batch 3 of 6); 12: at its last batch. The cosine learning rate resumes on its curve
+    options = ("train.epochs=3", f"train.lr_schedule={lr_schedule!r}")
+    whole, _ = fit(tiny_config(*options), tmp_path / "whole")
 
     errors: list[BaseException] = []
     armed = [True]
@@ -169,13 +190,13 @@ def test_interrupt_mid_epoch_saves_the_position_and_resume_is_exact(tiny_config,
 
     lifecycle_plugin("interrupter", cvae_step_end=cvae_step_end, cvae_fit_error=lambda trainer, error: errors.append(error))
     with pytest.raises(KeyboardInterrupt):
-        fit(tiny_config("train.epochs=3"), tmp_path / "cut")
+        fit(tiny_config(*options), tmp_path / "cut")
     assert len(errors) == 1 and isinstance(errors[0], KeyboardInterrupt)
     state = load_checkpoint(latest_checkpoint(tmp_path / "cut" / "checkpoints"))
     assert (state["epoch"], state["batch"], state["step"]) == (1, stop_at - 6, stop_at)
     assert len(rows(tmp_path / "cut")) == 1  # epoch 2 was not finished
 
-    resumed, _ = fit(tiny_config("train.epochs=3"), tmp_path / "cut", resume=True)
+    resumed, _ = fit(tiny_config(*options), tmp_path / "cut", resume=True)
     assert resumed.step == whole.step == 18
     assert_same_parameters(whole.model.state_dict(), resumed.model.state_dict())
     assert untimed(rows(tmp_path / "whole")) == untimed(rows(tmp_path / "cut"))
