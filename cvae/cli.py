@@ -276,10 +276,17 @@ def _fit_prior(args: argparse.Namespace) -> int:
 
 def _format_eval(results: dict[str, Any]) -> str:
     lines = []
-    # figures per class are shown; other lists (the KL of every latent dimension) stay in eval.json
-    shown = {k: v for k, v in results.items() if not isinstance(v, list) or k.endswith("_by_class")}
+    # figures per class and confusion matrices are shown; other lists (the KL of every latent dimension)
+    # stay in eval.json
+    shown = {k: v for k, v in results.items()
+             if not isinstance(v, list) or k.endswith("_by_class") or k.endswith("_confusion")}
     width = max(map(len, shown), default=0)
     for key, value in shown.items():
+        if key.endswith("_confusion") and isinstance(value, list):  # one line per row: the class asked for
+            lines.append(f"  {key} (row: class asked for; column: class called)")
+            lines += [f"    {i:<{width - 2}} " + ("-" if row is None else " ".join(f"{v:.2f}" for v in row))
+                      for i, row in enumerate(value)]
+            continue
         if isinstance(value, list):
             value = " ".join("-" if v is None else f"{v:.3g}" for v in value)
         elif isinstance(value, float):

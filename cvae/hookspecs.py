@@ -127,8 +127,9 @@ def cvae_metrics() -> list:
     where `context` is a `cvae.evaluate.EvalContext` (model, data, device, seed, sample_mode,
     temperature, run_dir for caches, source_dir: the trained run of a derived one). Return None
     when the metric does not apply (for example, class accuracy on unlabelled data). A value may also
-    be a list of floats (None where undefined); `cvae eval` prints those whose name ends in `_by_class`
-    and keeps every one in eval.json.
+    be a list of floats (None where undefined), or a matrix as a list of such lists (None for an
+    undefined row); `cvae eval` prints those whose name ends in `_by_class` or, for matrices,
+    `_confusion`, and keeps every one in eval.json.
 
     Example::
 

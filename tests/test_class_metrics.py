@@ -20,8 +20,9 @@ from cvae_labels.metrics import class_sample_metrics, frechet_distance
 
 KEYS = {"classifier_test_accuracy", "sample_accuracy", "sample_diversity", "real_diversity", "diversity_ratio",
         "frechet_classifier", "frechet_classifier_real_test", "frechet_ratio", "nearest_train_distance",
-        "nearest_train_distance_real_test", "novelty_ratio", "sample_accuracy_by_class"}
-OWN_MODEL = {"reconstruction_accuracy", "reconstruction_accuracy_by_class", "label_swap_accuracy"}
+        "nearest_train_distance_real_test", "novelty_ratio", "sample_accuracy_by_class", "sample_confusion"}
+OWN_MODEL = {"reconstruction_accuracy", "reconstruction_accuracy_by_class", "reconstruction_confusion",
+             "label_swap_accuracy"}
 
 
 def untrained_cvae(data: cvae.DataBundle, onehot: bool = False) -> cvae.CVAE:
@@ -167,6 +168,10 @@ def test_reconstruction_accuracy_judges_the_models_reconstructions(context, monk
     counts = torch.bincount(labels, minlength=10).tolist()  # the overall figure is the classes' weighted mean
     assert sum(a * n for a, n in zip(wrong["reconstruction_accuracy_by_class"], counts)) / sum(counts) == pytest.approx(
         wrong["reconstruction_accuracy"])
+    confusion = wrong["reconstruction_confusion"]  # each class's images are taken for the next class
+    assert [row[c] for c, row in enumerate(confusion)] == pytest.approx(wrong["reconstruction_accuracy_by_class"])
+    assert min(row[(c + 1) % 10] for c, row in enumerate(confusion)) > 0.85
+    assert all(sum(row) == pytest.approx(1.0) for row in confusion)
 
 
 def test_label_swap_accuracy_tells_whether_the_decoder_draws_its_label(context, monkeypatch):
@@ -246,6 +251,9 @@ def test_accuracy_by_class_finds_the_class_that_fails(context):
     assert len(by_class) == 10 and by_class[3] < 0.1
     assert min(a for c, a in enumerate(by_class) if c != 3) > 0.8
     assert out["sample_accuracy"] == pytest.approx(sum(by_class) / 10)  # 100 samples of each class
+    confusion = out["sample_confusion"]  # and what its 3s are taken for: 4s
+    assert [row[c] for c, row in enumerate(confusion)] == pytest.approx(by_class)
+    assert confusion[3][4] > 0.85 and all(sum(row) == pytest.approx(1.0) for row in confusion)
 
 
 def test_collapsed_generator_has_no_diversity(context):
@@ -282,8 +290,10 @@ def test_registered_metric_runs_inside_evaluate(digits, tmp_path, fresh_plugins)
     assert spec.plugin == "labels"
     model = untrained_cvae(digits, onehot=True)
     results = cvae.evaluate(model, digits, torch.device("cpu"), run_dir=tmp_path, iwae_samples=2)
-    assert KEYS <= set(results) and all(isinstance(results[k], float) for k in KEYS - {"sample_accuracy_by_class"})
+    lists = {"sample_accuracy_by_class", "sample_confusion"}
+    assert KEYS <= set(results) and all(isinstance(results[k], float) for k in KEYS - lists)
     assert len(results["sample_accuracy_by_class"]) == 10
+    assert len(results["sample_confusion"]) == 10 and all(len(row) == 10 for row in results["sample_confusion"])
     assert (tmp_path / "classifier.pt").is_file()
 
 

@@ -358,3 +358,6 @@ def test_eval_output_shows_figures_by_class_but_not_other_lists():
     assert re.search(r"^  sample_accuracy_by_class 0\.5 - 1$", text, re.M)
     assert re.search(r"^  sample_accuracy +0\.75$", text, re.M)
     assert "kl_per_dim" not in text and "latent_dim" in text
+    text = _format_eval({"sample_confusion": [[0.75, 0.25], None], "sample_accuracy": 0.75})
+    assert re.search(r"^  sample_confusion \(row: class asked for; column: class called\)\n +0 +0\.75 0\.25\n +1 +-$",
+                     text, re.M)

@@ -12,6 +12,10 @@ together reach 99.4%, five 99.7%):
   prior samples can reach with this decoder. Far above `sample_accuracy`, the prior misses where the
   posteriors are (KL too high); near it and low, the decoder cannot yet draw the classes;
   `reconstruction_accuracy_by_class` for each class;
+- `reconstruction_confusion`, `sample_confusion`: which class the judge calls what was asked for, a
+  matrix as a list of rows (row: the class of the test image, or the class the samples were drawn for;
+  column: the class the judge called; each row sums to 1): where the two accuracies above fall short,
+  it says which classes the failures are taken for;
 - `label_swap_accuracy` (for the run's own model, two classes or more): the fraction of the real test
   split's posterior means, decoded with the next class's label, that the classifier calls that next
   class. Near `reconstruction_accuracy`, the decoder draws the class it is given; far below it, the
@@ -305,15 +309,25 @@ def _by_class(correct: torch.Tensor, labels: torch.Tensor, num_classes: int) -> 
             for c in range(num_classes)]
 
 
-def _reconstruction_accuracy(context: EvalContext, net: Judge, y: torch.Tensor, conditions: dict[str, torch.Tensor],
-                             labels: torch.Tensor) -> torch.Tensor:
-    """Whether the judge calls each of the model's reconstructions of `y` (posterior mean, decoded) right."""
+def _confusion(asked: torch.Tensor, called: torch.Tensor, num_classes: int) -> list[list[float] | None]:
+    """Row c: the fraction of the rows asked for class c that the judge called each class (None for a
+    class with no rows)."""
+    counts = torch.zeros(num_classes, num_classes, dtype=torch.float64)
+    counts.index_put_((asked.long().cpu(), called.long().cpu()), torch.ones(len(asked), dtype=torch.float64),
+                      accumulate=True)
+    totals = counts.sum(1, keepdim=True)
+    return [(row / total).tolist() if total > 0 else None for row, total in zip(counts, totals)]
+
+
+def _reconstruction_predictions(context: EvalContext, net: Judge, y: torch.Tensor,
+                                conditions: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The judge's class for each of the model's reconstructions of `y` (posterior mean, decoded)."""
     preds = []
     for start in range(0, len(y), CHUNK):
         rows = slice(start, start + CHUNK)
         rec = context.model.reconstruct({k: v[rows] for k, v in conditions.items()}, y[rows])
         preds.append(_apply(net, rec.to(y.dtype))[0])
-    return torch.cat(preds) == labels
+    return torch.cat(preds)
 
 
 def _label_swap_accuracy(context: EvalContext, net: Judge, y: torch.Tensor, conditions: dict[str, torch.Tensor],
@@ -372,15 +386,18 @@ def _class_sample_metrics(context: EvalContext, label: str, sampler: Sampler | N
     out: dict[str, Any] = {"classifier_test_accuracy": float((test_pred == test_labels).double().mean())}
 
     if sampler is None:
-        right = _reconstruction_accuracy(context, net, test_y, test_c, test_labels)
+        called = _reconstruction_predictions(context, net, test_y, test_c)
+        right = called == test_labels
         out["reconstruction_accuracy"] = float(right.double().mean())
         out["reconstruction_accuracy_by_class"] = _by_class(right, test_labels, int(info.num_classes))
+        out["reconstruction_confusion"] = _confusion(test_labels, called, int(info.num_classes))
         if int(info.num_classes) > 1:
             out["label_swap_accuracy"] = _label_swap_accuracy(context, net, test_y, test_c, label, test_labels,
                                                               int(info.num_classes))
         sampler = _model_sampler(context, label, train_c)
     correct = total = 0
     by_class: list[float | None] = [None] * int(info.num_classes)
+    asked, called = [], []
     diversity: list[tuple[float, float]] = []
     frechet: list[tuple[float, float]] = []
     nearest: list[tuple[float, float]] = []
@@ -401,6 +418,8 @@ def _class_sample_metrics(context: EvalContext, label: str, sampler: Sampler | N
         correct += int((pred == c).sum())
         total += n
         by_class[c] = float((pred == c).double().mean())
+        asked.append(torch.full_like(pred, c))
+        called.append(pred)
         if n >= 2 and n_test >= 2:
             diversity.append((_mean_pairwise_distance(samples), _mean_pairwise_distance(test_y[in_test])))
         if n_test >= 1 and int(in_train.sum()) >= 1:
@@ -414,6 +433,7 @@ def _class_sample_metrics(context: EvalContext, label: str, sampler: Sampler | N
     if total:
         out["sample_accuracy"] = correct / total
         out["sample_accuracy_by_class"] = by_class
+        out["sample_confusion"] = _confusion(torch.cat(asked), torch.cat(called), int(info.num_classes))
     if diversity:
         sample_div, real_div = (float(np.mean(v)) for v in zip(*diversity))
         out.update(sample_diversity=sample_div, real_diversity=real_div)
