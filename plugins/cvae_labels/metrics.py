@@ -303,12 +303,6 @@ def _model_sampler(context: EvalContext, label: str, train_conditions: dict[str,
     return sample
 
 
-def _by_class(correct: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float | None]:
-    """The mean of `correct` within each class (None for a class with no rows)."""
-    return [float(correct[labels == c].double().mean()) if bool((labels == c).any()) else None
-            for c in range(num_classes)]
-
-
 def _confusion(asked: torch.Tensor, called: torch.Tensor, num_classes: int) -> list[list[float] | None]:
     """Row c: the fraction of the rows asked for class c that the judge called each class (None for a
     class with no rows)."""
@@ -317,6 +311,11 @@ def _confusion(asked: torch.Tensor, called: torch.Tensor, num_classes: int) -> l
                       accumulate=True)
     totals = counts.sum(1, keepdim=True)
     return [(row / total).tolist() if total > 0 else None for row, total in zip(counts, totals)]
+
+
+def _diagonal(confusion: list[list[float] | None]) -> list[float | None]:
+    """Each class's accuracy: the confusion matrix's diagonal (None for a class with no rows)."""
+    return [None if row is None else row[c] for c, row in enumerate(confusion)]
 
 
 def _reconstruction_predictions(context: EvalContext, net: Judge, y: torch.Tensor,
@@ -387,16 +386,15 @@ def _class_sample_metrics(context: EvalContext, label: str, sampler: Sampler | N
 
     if sampler is None:
         called = _reconstruction_predictions(context, net, test_y, test_c)
-        right = called == test_labels
-        out["reconstruction_accuracy"] = float(right.double().mean())
-        out["reconstruction_accuracy_by_class"] = _by_class(right, test_labels, int(info.num_classes))
-        out["reconstruction_confusion"] = _confusion(test_labels, called, int(info.num_classes))
+        confusion = _confusion(test_labels, called, int(info.num_classes))
+        out["reconstruction_accuracy"] = float((called == test_labels).double().mean())
+        out["reconstruction_accuracy_by_class"] = _diagonal(confusion)
+        out["reconstruction_confusion"] = confusion
         if int(info.num_classes) > 1:
             out["label_swap_accuracy"] = _label_swap_accuracy(context, net, test_y, test_c, label, test_labels,
                                                               int(info.num_classes))
         sampler = _model_sampler(context, label, train_c)
     correct = total = 0
-    by_class: list[float | None] = [None] * int(info.num_classes)
     asked, called = [], []
     diversity: list[tuple[float, float]] = []
     frechet: list[tuple[float, float]] = []
@@ -417,7 +415,6 @@ def _class_sample_metrics(context: EvalContext, label: str, sampler: Sampler | N
         pred, feats = _apply(net, samples.to(test_y.dtype))
         correct += int((pred == c).sum())
         total += n
-        by_class[c] = float((pred == c).double().mean())
         asked.append(torch.full_like(pred, c))
         called.append(pred)
         if n >= 2 and n_test >= 2:
@@ -432,8 +429,9 @@ def _class_sample_metrics(context: EvalContext, label: str, sampler: Sampler | N
 
     if total:
         out["sample_accuracy"] = correct / total
-        out["sample_accuracy_by_class"] = by_class
-        out["sample_confusion"] = _confusion(torch.cat(asked), torch.cat(called), int(info.num_classes))
+        confusion = _confusion(torch.cat(asked), torch.cat(called), int(info.num_classes))
+        out["sample_accuracy_by_class"] = _diagonal(confusion)
+        out["sample_confusion"] = confusion
     if diversity:
         sample_div, real_div = (float(np.mean(v)) for v in zip(*diversity))
         out.update(sample_diversity=sample_div, real_diversity=real_div)
