@@ -276,19 +276,26 @@ def _fit_prior(args: argparse.Namespace) -> int:
 
 def _format_eval(results: dict[str, Any]) -> str:
     lines = []
-    # figures per class and confusion matrices are shown; other lists (the KL of every latent dimension)
-    # stay in eval.json
+    # figures per class and confusion matrices are shown, labelled by `class_names` when the metric gave
+    # them; other lists (the KL of every latent dimension) stay in eval.json
+    names = results.get("class_names")
     shown = {k: v for k, v in results.items()
              if not isinstance(v, list) or k.endswith("_by_class") or k.endswith("_confusion")}
     width = max(map(len, shown), default=0)
     for key, value in shown.items():
+        labels = names if isinstance(names, list) and isinstance(value, list) and len(names) == len(value) else None
         if key.endswith("_confusion") and isinstance(value, list):  # one line per row: the class asked for
             lines.append(f"  {key} (row: class asked for; column: class called)")
-            lines += [f"    {i:<{width - 2}} " + ("-" if row is None else " ".join(f"{v:.2f}" for v in row))
-                      for i, row in enumerate(value)]
+            rows = labels or [str(i) for i in range(len(value))]
+            cols = [max(4, len(r)) for r in rows] if labels else [4] * len(value)
+            if labels:
+                lines.append(f"    {'':<{width - 2}} " + " ".join(f"{r:>{w}}" for r, w in zip(rows, cols)))
+            lines += [f"    {name:<{width - 2}} " + ("-" if row is None else " ".join(f"{v:>{w}.2f}" for v, w in zip(row, cols)))
+                      for name, row in zip(rows, value)]
             continue
         if isinstance(value, list):
-            value = " ".join("-" if v is None else f"{v:.3g}" for v in value)
+            figures = ["-" if v is None else f"{v:.3g}" for v in value]
+            value = "  ".join(f"{n} {f}" for n, f in zip(labels, figures)) if labels else " ".join(figures)
         elif isinstance(value, float):
             value = f"{value:.4g}"
         lines.append(f"  {key:<{width}} {value}")

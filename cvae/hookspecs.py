@@ -129,7 +129,8 @@ def cvae_metrics() -> list:
     when the metric does not apply (for example, class accuracy on unlabelled data). A value may also
     be a list of floats (None where undefined), or a matrix as a list of such lists (None for an
     undefined row); `cvae eval` prints those whose name ends in `_by_class` or, for matrices,
-    `_confusion`, and keeps every one in eval.json.
+    `_confusion`, and keeps every one in eval.json. A list of strings under `class_names` names the
+    classes those lists and rows follow; `cvae eval` labels them with it.
 
     Example::
 

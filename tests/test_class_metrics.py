@@ -20,7 +20,7 @@ from cvae_labels.metrics import class_sample_metrics, frechet_distance
 
 KEYS = {"classifier_test_accuracy", "sample_accuracy", "sample_diversity", "real_diversity", "diversity_ratio",
         "frechet_classifier", "frechet_classifier_real_test", "frechet_ratio", "nearest_train_distance",
-        "nearest_train_distance_real_test", "novelty_ratio", "sample_accuracy_by_class", "sample_confusion"}
+        "nearest_train_distance_real_test", "novelty_ratio", "sample_accuracy_by_class", "sample_confusion", "class_names"}
 OWN_MODEL = {"reconstruction_accuracy", "reconstruction_accuracy_by_class", "reconstruction_confusion",
              "label_swap_accuracy"}
 
@@ -290,8 +290,9 @@ def test_registered_metric_runs_inside_evaluate(digits, tmp_path, fresh_plugins)
     assert spec.plugin == "labels"
     model = untrained_cvae(digits, onehot=True)
     results = cvae.evaluate(model, digits, torch.device("cpu"), run_dir=tmp_path, iwae_samples=2)
-    lists = {"sample_accuracy_by_class", "sample_confusion"}
+    lists = {"sample_accuracy_by_class", "sample_confusion", "class_names"}
     assert KEYS <= set(results) and all(isinstance(results[k], float) for k in KEYS - lists)
+    assert results["class_names"] == [str(d) for d in range(10)]  # the digits' names, in class order
     assert len(results["sample_accuracy_by_class"]) == 10
     assert len(results["sample_confusion"]) == 10 and all(len(row) == 10 for row in results["sample_confusion"])
     assert (tmp_path / "classifier.pt").is_file()

@@ -361,3 +361,10 @@ def test_eval_output_shows_figures_by_class_but_not_other_lists():
     text = _format_eval({"sample_confusion": [[0.75, 0.25], None], "sample_accuracy": 0.75})
     assert re.search(r"^  sample_confusion \(row: class asked for; column: class called\)\n +0 +0\.75 0\.25\n +1 +-$",
                      text, re.M)
+    # with the classes' names, rows and columns carry them (a name wider than a figure widens its column)
+    text = _format_eval({"class_names": ["circle", "sq"], "sample_accuracy_by_class": [0.5, 1.0],
+                         "sample_confusion": [[0.5, 0.5], [0.0, 1.0]]})
+    assert re.search(r"^  sample_accuracy_by_class circle 0\.5  sq 1$", text, re.M)
+    assert re.search(r"\(row: class asked for; column: class called\)\n +circle +sq\n"
+                     r" +circle +0\.50 0\.50\n +sq +0\.00 1\.00$", text, re.M)
+    assert "class_names" not in text  # it labels the figures, it is not one

@@ -383,6 +383,8 @@ def _class_sample_metrics(context: EvalContext, label: str, sampler: Sampler | N
     test_pred, test_feats = _apply(net, test_y)
     _, train_feats = _apply(net, train_y)
     out: dict[str, Any] = {"classifier_test_accuracy": float((test_pred == test_labels).double().mean())}
+    if len(info.class_names) == int(info.num_classes):  # what the rows of the lists and matrices below stand for
+        out["class_names"] = list(info.class_names)
 
     if sampler is None:
         called = _reconstruction_predictions(context, net, test_y, test_c)
