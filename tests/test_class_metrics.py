@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+import torchvision.transforms.functional as TF
 
 import cvae
 import cvae_labels.metrics as metrics
@@ -18,7 +19,7 @@ from cvae.evaluate import EvalContext
 from cvae_digits import load_digits_bundle
 from cvae_labels.metrics import class_sample_metrics, frechet_distance
 
-KEYS = {"classifier_test_accuracy", "sample_accuracy", "sample_diversity", "real_diversity", "diversity_ratio",
+KEYS = {"classifier_test_accuracy", "classifier_blurred_accuracy", "classifier_blur_sigma", "sample_accuracy", "sample_diversity", "real_diversity", "diversity_ratio",
         "frechet_classifier", "frechet_classifier_real_test", "frechet_ratio", "nearest_train_distance",
         "nearest_train_distance_real_test", "novelty_ratio", "sample_accuracy_by_class", "sample_confusion", "class_names"}
 OWN_MODEL = {"reconstruction_accuracy", "reconstruction_accuracy_by_class", "reconstruction_confusion",
@@ -137,6 +138,24 @@ def test_an_ensemble_judge_averages_its_members_probabilities(context, tmp_path,
     accuracy = float((probs.argmax(1) == labels).double().mean())
     assert out["classifier_test_accuracy"] == pytest.approx(accuracy)
     assert out["sample_accuracy"] == pytest.approx(accuracy)  # the sampler returns the test images
+
+
+def test_blurred_accuracy_is_the_judge_on_blurred_test_images(context, monkeypatch):
+    """How far to trust the judge on blurry images: its accuracy on the real test split blurred by
+    BLUR_FRACTION of the larger side, checked against torchvision's blur applied here."""
+    sharp = fast_metrics(context, samples_per_class=0)
+    assert sharp["classifier_blur_sigma"] == pytest.approx(8 / 48)  # a sixth of a pixel on the 8x8 digits
+    monkeypatch.setattr(metrics, "BLUR_FRACTION", 0.2)  # 1.6 pixels
+    out = fast_metrics(context, samples_per_class=0)
+    judge = metrics._new_judge(json.loads((context.run_dir / "classifier.json").read_text()))
+    judge.load_state_dict(torch.load(context.run_dir / "classifier.pt", weights_only=True))
+    x, labels = TF.gaussian_blur(context.data.test.y, 11, 1.6), context.data.test.conditions["label"]
+    with torch.no_grad():
+        called = judge.predict(x, judge.features(x))
+    assert out["classifier_blur_sigma"] == pytest.approx(1.6)
+    assert out["classifier_blurred_accuracy"] == pytest.approx(float((called == labels).double().mean()))
+    assert out["classifier_blurred_accuracy"] < sharp["classifier_test_accuracy"] - 0.05  # this blur misleads it
+    assert out["classifier_test_accuracy"] == sharp["classifier_test_accuracy"]
 
 
 def test_untrained_model_is_near_chance(context):
