@@ -19,7 +19,8 @@ from cvae.evaluate import EvalContext
 from cvae_digits import load_digits_bundle
 from cvae_labels.metrics import class_sample_metrics, frechet_distance
 
-KEYS = {"classifier_test_accuracy", "classifier_blurred_accuracy", "classifier_blur_sigma", "sample_accuracy", "sample_diversity", "real_diversity", "diversity_ratio",
+KEYS = {"classifier_test_accuracy", "classifier_blurred_accuracy", "classifier_blur_sigma",
+        "sample_accuracy", "sample_diversity", "real_diversity", "diversity_ratio",
         "frechet_classifier", "frechet_classifier_real_test", "frechet_ratio", "nearest_train_distance",
         "nearest_train_distance_real_test", "novelty_ratio", "sample_accuracy_by_class", "sample_confusion", "class_names"}
 OWN_MODEL = {"reconstruction_accuracy", "reconstruction_accuracy_by_class", "reconstruction_confusion",
@@ -149,6 +150,7 @@ def test_blurred_accuracy_is_the_judge_on_blurred_test_images(context, monkeypat
     out = fast_metrics(context, samples_per_class=0)
     judge = metrics._new_judge(json.loads((context.run_dir / "classifier.json").read_text()))
     judge.load_state_dict(torch.load(context.run_dir / "classifier.pt", weights_only=True))
+    # kernel 2 * ceil(3 * 1.6) + 1 = 11 pixels, which reflect padding fits on 8 pixels
     x, labels = TF.gaussian_blur(context.data.test.y, 11, 1.6), context.data.test.conditions["label"]
     with torch.no_grad():
         called = judge.predict(x, judge.features(x))
@@ -156,6 +158,21 @@ def test_blurred_accuracy_is_the_judge_on_blurred_test_images(context, monkeypat
     assert out["classifier_blurred_accuracy"] == pytest.approx(float((called == labels).double().mean()))
     assert out["classifier_blurred_accuracy"] < sharp["classifier_test_accuracy"] - 0.05  # this blur misleads it
     assert out["classifier_test_accuracy"] == sharp["classifier_test_accuracy"]
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 2, 64), (2, 1, 64, 3), (1, 3, 5, 7)])
+def test_blur_takes_its_sigma_from_the_larger_side_and_fits_any_image(shape):
+    x = torch.rand(shape)
+    sigma = metrics._blur_sigma(x)
+    assert sigma == pytest.approx(max(shape[-2:]) / 48)
+    out = metrics._blur(x, 1.5)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    for axis in (-2, -1):  # an axis of one pixel stays as it is; a longer one is smoothed along itself
+        if x.shape[axis] == 1:
+            continue
+        assert out.diff(dim=axis).abs().mean() < x.diff(dim=axis).abs().mean()
+    if shape == (1, 1, 1, 1):
+        assert torch.equal(out, x)
 
 
 def test_untrained_model_is_near_chance(context):
