@@ -1,0 +1,61 @@
+"""The shipped configs load, and the MNIST one trains from MNIST's IDX files as the README's commands
+give them: the files that examples/mnist_sample.py writes, read by the `mnist` dataset."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cvae import config as config_mod
+from cvae.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "plugins").glob("*/configs/*.toml"))
+SCRIPT = ROOT / "examples" / "mnist_sample.py"
+
+
+@pytest.fixture(scope="module")
+def sample_writer():
+    spec = importlib.util.spec_from_file_location("mnist_sample", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_shipped_config_validates(path):
+    cfg = config_mod.load_config(path)
+    assert cfg["data"]["name"] and cfg["model"]["architecture"]
+
+
+def test_the_mnist_config_is_mnist_with_downloads_off():
+    cfg = config_mod.load_config(ROOT / "plugins" / "cvae_images" / "configs" / "mnist.toml")
+    assert cfg["data"]["name"] == "mnist" and cfg["data"]["options"]["download"] is False
+
+
+def test_written_idx_files_train_the_mnist_config(sample_writer, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (40, 28, 28)).astype(np.uint8)
+    labels = (np.arange(40) % 10).astype(np.uint8)
+    for part, rows in (("train", slice(0, 30)), ("t10k", slice(30, 40))):
+        sample_writer.write_idx(tmp_path / f"{part}-images-idx3-ubyte.gz", images[rows])
+        sample_writer.write_idx(tmp_path / f"{part}-labels-idx1-ubyte.gz", labels[rows])
+    from cvae_images import load_mnist
+
+    bundle = load_mnist(root=str(tmp_path))
+    assert (len(bundle.train), len(bundle.test)) == (30, 10)
+    conditions, y = bundle.train[:30]
+    assert np.array_equal((y.numpy() * 255).round().astype(np.uint8)[:, 0], images[:30])
+    assert conditions["label"].tolist() == labels[:30].tolist()
+
+    out = tmp_path / "run"
+    code = main(["train", str(ROOT / "plugins" / "cvae_images" / "configs" / "mnist.toml"), "--out", str(out),
+                 "--set", f'data.options.root="{tmp_path}"', "--set", "train.epochs=1", "--set", "eval.at_end=false",
+                 "--set", "train.progress=false", "--set", 'device="cpu"'])
+    assert code == 0, capsys.readouterr().err
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["data"]["name"] == "mnist" and (out / "metrics.jsonl").read_text().count("\n") == 1
