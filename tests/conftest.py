@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import types
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -10,6 +14,17 @@ import cvae.plugins
 PLUGIN_ENV = ("CVAE_PLUGINS", "CVAE_DISABLE_PLUGINS", "CVAE_STRICT_PLUGINS", "CVAE_LOAD_THIRD_PARTY")
 
 torch.set_num_threads(1)  # small models: one thread is fastest and immune to a busy second core
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def load_example(name: str) -> types.ModuleType:
+    """A script of examples/ imported as a module (they are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(autouse=True)
@@ -40,7 +55,6 @@ def core_registry(fresh_plugins, monkeypatch: pytest.MonkeyPatch):
 # Registered through `cvae.register_plugin` on top of the engine's own plugin only (CVAE_PLUGINS=core), so these
 # tests depend on no dataset or condition plugin from plugins/.
 
-import types  # noqa: E402
 
 from torch import nn  # noqa: E402
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -12,17 +11,13 @@ import torch
 import cvae
 from cvae import config as config_mod
 from cvae.train import Trainer
+from conftest import load_example
 from cvae_labels.metrics import class_sample_metrics
-
-SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "exemplar_sampler.py"
 
 
 @pytest.fixture(scope="module")
 def example():
-    spec = importlib.util.spec_from_file_location("exemplar_sampler", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_example("exemplar_sampler")
 
 
 @pytest.fixture(scope="module")

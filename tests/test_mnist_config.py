@@ -3,7 +3,6 @@ give them: the files that examples/mnist_sample.py writes, read by the `mnist` d
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,18 +11,15 @@ import pytest
 
 from cvae import config as config_mod
 from cvae.cli import main
+from conftest import load_example
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "plugins").glob("*/configs/*.toml"))
-SCRIPT = ROOT / "examples" / "mnist_sample.py"
 
 
 @pytest.fixture(scope="module")
 def sample_writer():
-    spec = importlib.util.spec_from_file_location("mnist_sample", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_example("mnist_sample")
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
