@@ -55,7 +55,6 @@ def core_registry(fresh_plugins, monkeypatch: pytest.MonkeyPatch):
 # Registered through `cvae.register_plugin` on top of the engine's own plugin only (CVAE_PLUGINS=core), so these
 # tests depend on no dataset or condition plugin from plugins/.
 
-
 from torch import nn  # noqa: E402
 
 import cvae  # noqa: E402
