@@ -4,8 +4,10 @@ conditioning and its deterministic baseline, `cvae compare`, and the pictures.""
 from __future__ import annotations
 
 import gzip
+import io
 import pickle
 import struct
+import sys
 
 import numpy as np
 import pytest
@@ -258,6 +260,24 @@ def test_deterministic_baseline_trains_and_reports_an_exact_nll(fresh_plugins, t
     assert first["nll_nats"] == again["nll_nats"]  # seeded
     assert 0 < first["nll_nats"] < 32 * np.log(17)  # better than uniform over the 32 hidden pixels
     assert (tmp_path / "a" / "deterministic.pt").is_file()
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_deterministic_baseline_shows_progress_on_a_terminal_when_asked(fresh_plugins, tmp_path, monkeypatch):
+    from cvae import config as config_mod
+
+    cfg = config_mod.load_config(None, COMPLETION_SETTINGS)
+    data = cvae.load_data(cfg)
+    for progress in (False, True):
+        terminal = _Terminal()
+        monkeypatch.setattr(sys, "stderr", terminal)
+        train_deterministic(cfg, data, tmp_path / str(progress), torch.device("cpu"), progress=progress)
+        shown = terminal.getvalue()
+        assert ("deterministic: epoch 2/2" in shown and "/12 " in shown) == progress, shown  # 12 batches an epoch
 
 
 def test_compare_prints_priors_and_the_baseline(fresh_plugins, capsys, tmp_path):

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 import cvae
 
@@ -54,7 +55,8 @@ def train_deterministic(config: Mapping[str, Any], data: cvae.DataBundle, out: P
                         progress: bool = False) -> dict[str, Any]:
     """Train the baseline for `config`'s epochs, batch size, learning rate, weight decay and gradient
     clipping, seeded by `config["seed"]`; writes `out/deterministic.pt` and `out/eval.json` and returns
-    the figures (test NLL in nats, and bits per dimension for discrete likelihoods)."""
+    the figures (test NLL in nats, and bits per dimension for discrete likelihoods). With `progress`, a
+    progress bar per epoch on a terminal, as `cvae train` shows."""
     tc = config["train"]
     torch.manual_seed(config["seed"])
     net = Deterministic(cvae.build_model(config, data.target, data.conditions)).to(device)
@@ -69,9 +71,13 @@ def train_deterministic(config: Mapping[str, Any], data: cvae.DataBundle, out: P
     for epoch in range(tc["epochs"]):
         net.train()
         gen = torch.Generator().manual_seed(config["seed"] * 1_000_003 + epoch)
-        for step, (conds, y) in enumerate(cvae.iterate_batches(train, bs, shuffle=True, generator=gen, device=device)):
+        batches = tqdm(cvae.iterate_batches(train, bs, shuffle=True, generator=gen, device=device),
+                       total=math.ceil(len(train) / bs), desc=f"deterministic: epoch {epoch + 1}/{tc['epochs']}",
+                       disable=None if progress else True, leave=False, dynamic_ncols=True)
+        for step, (conds, y) in enumerate(batches):
             loss = -net.log_prob(conds, y).mean()
-            if not math.isfinite(loss.item()):
+            value = loss.item()
+            if not math.isfinite(value):
                 raise cvae.CVAEError(f"deterministic baseline: the loss is not finite at epoch {epoch + 1}, "
                                      f"batch {step}; try a lower train.lr")
             opt.zero_grad(set_to_none=True)
@@ -79,8 +85,7 @@ def train_deterministic(config: Mapping[str, Any], data: cvae.DataBundle, out: P
             if tc["grad_clip"] > 0:
                 torch.nn.utils.clip_grad_norm_(params, tc["grad_clip"])
             opt.step()
-        if progress:
-            print(f"  deterministic: epoch {epoch + 1}/{tc['epochs']} train NLL {loss.item():.2f}", flush=True)
+            batches.set_postfix(nll=f"{value:.2f}", refresh=False)
     seconds = time.perf_counter() - start
     nll = deterministic_nll(net, data.test, device, config["eval"]["batch_size"])
     dims = data.target.numel

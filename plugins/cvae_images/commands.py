@@ -194,7 +194,7 @@ class CompareCommand:
             return json.loads(done.read_text())
         print(f"cvae compare: training the deterministic baseline -> {out}", file=sys.stderr)
         start = time.perf_counter()
-        results = train_deterministic(cfg, data, out, resolve_device(cfg["device"]))
+        results = train_deterministic(cfg, data, out, resolve_device(cfg["device"]), progress=cfg["train"]["progress"])
         results.setdefault("train_seconds", time.perf_counter() - start)
         return results
 
