@@ -15,6 +15,7 @@ from .errors import CVAEError
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+FITTED = "fitted"  # where fit_prior.after_training writes, inside the run directory
 
 
 def _parser() -> tuple[argparse.ArgumentParser, Any]:
@@ -66,11 +67,13 @@ def _parser() -> tuple[argparse.ArgumentParser, Any]:
                        "posterior and write a run that samples from it")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--out", type=Path, required=True, help="the new run directory (the trained run is only read)")
-    p.add_argument("--components", type=int, default=None, help="Gaussians per distinct condition (default: one "
-                   "per 20 draws of the rarest condition, at most 50)")
-    p.add_argument("--rank", type=int, default=32, help="correlated directions per Gaussian: full covariance in "
-                   "the posteriors' R principal directions, diagonal across the rest (default 32; 0: diagonal)")
-    p.add_argument("--draws", type=int, default=1, help="posterior draws per training example to fit (default 1)")
+    p.add_argument("--components", type=int, default=None, help="Gaussians per distinct condition (default: the "
+                   "run's fit_prior.components; 0 there: one per 20 draws of the rarest condition, at most 50)")
+    p.add_argument("--rank", type=int, default=None, help="correlated directions per Gaussian: full covariance in "
+                   "the posteriors' R principal directions, diagonal across the rest (default: the run's "
+                   "fit_prior.rank, 32 unless set; 0: diagonal)")
+    p.add_argument("--draws", type=int, default=None, help="posterior draws per training example to fit (default: "
+                   "the run's fit_prior.draws, 1 unless set)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
 
@@ -128,6 +131,8 @@ def _train(args: argparse.Namespace) -> int:
     else:
         cfg = config_mod.load_config(args.config, args.overrides)
     out = args.out or Path("runs") / cfg["data"]["name"]
+    if cfg["fit_prior"]["after_training"]:
+        _fitted_slot(out)  # a folder in the way is reported before training, not after
     trainer = Trainer(cfg, out, resume=args.resume)
     where = "resuming at" if args.resume else "starting"
     epochs = trainer.config["train"]["epochs"]
@@ -151,7 +156,37 @@ def _train(args: argparse.Namespace) -> int:
     if "eval" in metrics:
         print(_format_eval(metrics["eval"]))
     print(f"run directory: {out} (samples.png, reconstructions.png, metrics.jsonl, eval.json, checkpoints/)")
+    if trainer.config["fit_prior"]["after_training"]:
+        _fit_after_training(out, trainer.config)
     return 0
+
+
+def _fitted_slot(run_dir: Path) -> Path:
+    """Where fit_prior.after_training writes: RUN/fitted, the run's own product. A fit of this run found
+    there may be replaced (the model may have trained on since); any other folder there is an error."""
+    from .runs import load_run
+
+    fitted = run_dir / FITTED
+    if fitted.exists():
+        try:
+            derived_from = load_run(fitted, "cpu").derived_from
+        except (CVAEError, OSError):
+            derived_from = None
+        if derived_from is None or derived_from.resolve() != run_dir.resolve():
+            raise CVAEError(f"{fitted} exists and is not this run's fitted prior: move it, or set "
+                            f"fit_prior.after_training=false and run cvae fit-prior {run_dir} --out NEW_DIR")
+    return fitted
+
+
+def _fit_after_training(run_dir: Path, config: dict[str, Any]) -> None:
+    import shutil
+
+    fitted = _fitted_slot(run_dir)
+    if fitted.exists():
+        shutil.rmtree(fitted)
+    fc = config["fit_prior"]  # EM seeded as `cvae fit-prior` seeds it by default
+    _fit_and_report(run_dir, fitted, components=fc["components"] or None, rank=fc["rank"], draws=fc["draws"],
+                    seed=0, device=config["device"])
 
 
 def _sample(args: argparse.Namespace) -> int:
@@ -255,23 +290,34 @@ def _evaluate_run(run: Any, data: Any, iwae_samples: int | None = None, temperat
 
 
 def _fit_prior(args: argparse.Namespace) -> int:
+    from .runs import load_run
+
+    fc = load_run(args.run_dir, "cpu").config["fit_prior"]  # the trained run's settings fill in what is not given
+    components = (fc["components"] or None) if args.components is None else args.components  # 0 is refused
+    _fit_and_report(args.run_dir, args.out, components=components,
+                    rank=fc["rank"] if args.rank is None else args.rank,
+                    draws=fc["draws"] if args.draws is None else args.draws, seed=args.seed, device=args.device)
+    return 0
+
+
+def _fit_and_report(run_dir: Path, out: Path, *, components: int | None, rank: int, draws: int, seed: int,
+                    device: str) -> None:
+    """Fit the prior of `run_dir` into `out`, say what was fitted, draw its sample grid and evaluate it."""
     from .expost import fit_prior
     from .pictures import save_sample_grid
 
-    run, data = fit_prior(args.run_dir, args.out, components=args.components, rank=args.rank, draws=args.draws,
-                          seed=args.seed, device=args.device)
+    run, data = fit_prior(run_dir, out, components=components, rank=rank, draws=draws, seed=seed, device=device)
     config = run.config
     keys, rank = len(run.model.prior.keys), run.model.prior.rank
     shape = ("diagonal" if rank == 0 else "full covariance" if rank == run.model.latent_dim
              else f"rank {rank} plus diagonal")
     print(f"fitted {run.model.prior.k} Gaussians ({shape}) for each of {keys} condition value{'s' * (keys > 1)} to "
-          f"{args.draws * len(data.train)} posterior draws of the training split -> {args.out}")
+          f"{draws * len(data.train)} posterior draws of the training split -> {out}")
     ec = config["eval"]
-    save_sample_grid(run.model, data, args.out / "samples.png", mode=ec["sample_mode"], seed=config["seed"],
+    save_sample_grid(run.model, data, out / "samples.png", mode=ec["sample_mode"], seed=config["seed"],
                      temperature=ec["temperature"])
     if ec["at_end"]:
         print(_format_eval(_evaluate_run(run, data)))
-    return 0
 
 
 def _format_eval(results: dict[str, Any]) -> str:

@@ -107,6 +107,14 @@ SCHEMA: tuple[Key, ...] = (
     Key("eval.temperature", 1.0, "scale of the prior's noise for the samples that metrics judge (1: the prior itself; "
         "below 1: draws nearer its mean, less diverse)", _NUM, check=lambda v: math.isfinite(v) and v > 0,
         check_doc="finite and > 0"),
+    Key("fit_prior.after_training", False, "when training ends, also fit the prior again to the training split's "
+        "posteriors, as `cvae fit-prior` does, into RUN/fitted (evaluated there when eval.at_end)", bool),
+    Key("fit_prior.components", 0, "Gaussians per condition value of a prior fitted after training (0: one per 20 "
+        "training draws of the rarest value, at most 50)", int, check=_non_negative, check_doc=">= 0"),
+    Key("fit_prior.rank", 32, "correlated directions per fitted Gaussian (0: diagonal; the latent size or more: full "
+        "covariance)", int, check=_non_negative, check_doc=">= 0"),
+    Key("fit_prior.draws", 1, "posterior draws per training example that the prior is fitted to", int,
+        check=_positive, check_doc="> 0"),
 )
 
 _BY_NAME = {k.name: k for k in SCHEMA}

@@ -31,7 +31,8 @@ __all__ = ["Trainer", "NonFiniteLossError", "train", "resumed_config"]
 # Keys a resumed run may change: everything else must match the checkpoint's config.
 RESUMABLE_KEYS = ("train.epochs", "train.progress", "train.checkpoint_every", "train.checkpoint_steps", "train.keep_checkpoints",
                   "eval.at_end", "eval.iwae_samples", "eval.batch_size", "eval.sample_mode",
-                  "eval.temperature", "device")
+                  "eval.temperature", "device", "fit_prior.after_training", "fit_prior.components", "fit_prior.rank",
+                  "fit_prior.draws")
 
 
 class NonFiniteLossError(CVAEError):

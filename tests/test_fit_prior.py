@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import cvae
+from conftest import TINY_SETTINGS
 from cvae.cli import main
 from cvae.expost import MAX_KEYS, default_components, fit_mixture_tables
 from cvae.priors import FittedMixturePrior
@@ -268,3 +269,55 @@ def test_non_finite_posteriors_are_refused():
     z[3, 1] = math.nan
     with pytest.raises(cvae.CVAEError, match="not finite"):
         fit_mixture_tables(torch.zeros(10, 1), z, components=1)
+
+
+# -- fit_prior.after_training: one `cvae train` command trains and fits --------------------------------------
+
+def _train_settings(*extra: str) -> list[str]:
+    return [x for s in (*TINY_SETTINGS, "train.epochs=2", "eval.iwae_samples=8", *extra) for x in ("--set", s)]
+
+
+def _prior_tables(run_dir) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in cvae.load_run(run_dir).model.state_dict().items() if k.startswith("prior.")}
+
+
+def test_train_fits_the_prior_after_training_as_fit_prior_does(tiny, capsys, tmp_path):
+    out = tmp_path / "run"
+    code, stdout, stderr = run_cli(capsys, "train", "--out", out, *_train_settings("fit_prior.after_training=true"))
+    assert code == 0, stderr
+    assert f"posterior draws of the training split -> {out / 'fitted'}" in stdout
+    fitted = cvae.load_run(out / "fitted")
+    assert fitted.config["model"]["prior"] == "fitted_mixture" and fitted.derived_from == out
+    assert (out / "fitted" / "eval.json").is_file() and (out / "fitted" / "samples.png").is_file()
+    # the same fit as the separate command with its defaults
+    assert run_cli(capsys, "fit-prior", out, "--out", tmp_path / "by-hand")[0] == 0
+    by_hand, after = _prior_tables(tmp_path / "by-hand"), _prior_tables(out / "fitted")
+    assert by_hand.keys() == after.keys() and all(torch.equal(by_hand[k], after[k]) for k in by_hand)
+
+    # trained further, the run's fit is replaced by one of the new model
+    code, _, stderr = run_cli(capsys, "train", "--out", out, "--resume", "--set", "train.epochs=3")
+    assert code == 0, stderr
+    assert cvae.load_run(out / "fitted").step == cvae.load_run(out).step > fitted.step
+
+
+def test_fit_settings_of_the_config_are_fit_priors_defaults(tiny, capsys, tmp_path):
+    out = tmp_path / "run"
+    settings = _train_settings("fit_prior.after_training=true", "fit_prior.components=2", "fit_prior.rank=0",
+                               "fit_prior.draws=2", "eval.at_end=false")
+    code, stdout, stderr = run_cli(capsys, "train", "--out", out, *settings)
+    assert code == 0, stderr
+    assert "fitted 2 Gaussians (diagonal) for each of 3 condition values to 384 posterior draws" in stdout
+    assert not (out / "fitted" / "eval.json").exists()  # eval.at_end=false holds for the fitted run too
+    code, stdout, _ = run_cli(capsys, "fit-prior", out, "--out", tmp_path / "again", "--rank", 1)
+    assert "fitted 2 Gaussians (rank 1 plus diagonal) for each of 3 condition values to 384 posterior draws" in stdout
+
+
+def test_a_folder_in_the_way_of_the_fit_is_reported_before_training(tiny, capsys, tmp_path):
+    out = tmp_path / "run"
+    (out / "fitted").mkdir(parents=True)
+    (out / "fitted" / "notes.txt").write_text("mine")
+    code, _, stderr = run_cli(capsys, "train", "--out", out, *_train_settings("fit_prior.after_training=true"))
+    assert code == 2 and f"{out / 'fitted'} exists and is not this run's fitted prior" in stderr
+    assert not (out / "checkpoints").exists() and (out / "fitted" / "notes.txt").read_text() == "mine"
+    code, _, stderr = run_cli(capsys, "train", "--out", out, *_train_settings("fit_prior.rank=-1"))
+    assert code == 2 and "fit_prior.rank" in stderr
