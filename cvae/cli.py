@@ -155,7 +155,8 @@ def _train(args: argparse.Namespace) -> int:
     print(f"trained {trainer.epoch} epochs ({trainer.step} steps){elbo}")
     if "eval" in metrics:
         print(_format_eval(metrics["eval"]))
-    print(f"run directory: {out} (samples.png, reconstructions.png, metrics.jsonl, eval.json, checkpoints/)")
+    written = sorted(f"{p.name}/" if p.is_dir() else p.name for p in out.iterdir() if not p.name.startswith("."))
+    print(f"run directory: {out} ({', '.join(written)})")
     if trainer.config["fit_prior"]["after_training"]:
         _fit_after_training(out, trainer.config)
     return 0

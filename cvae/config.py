@@ -59,11 +59,13 @@ SCHEMA: tuple[Key, ...] = (
     Key("conditions", {}, "per-condition encoder and options, e.g. conditions.label.options.encoding = 'onehot'; "
         "by default each condition uses the encoder its dataset names", dict),
     Key("model.architecture", "mlp", "encoder/decoder architecture", str, component="architecture"),
-    Key("model.architecture_options", {"hidden": [512, 256]}, "options for the architecture (for example hidden widths)", dict),
+    Key("model.architecture_options", {}, "options for the architecture, over its own defaults (for example hidden "
+        "widths; mlp: hidden [512, 256])", dict),
     Key("model.latent_dim", 16, "number of latent dimensions (architecture 'fcn': latent channels per position)", int,
         check=_positive, check_doc="> 0"),
     Key("model.likelihood", "discretized_logistic_mixture", "likelihood p(y | x, z)", str, component="likelihood"),
-    Key("model.likelihood_options", {"components": 3}, "options for the likelihood (for example sigma, levels, components)", dict),
+    Key("model.likelihood_options", {}, "options for the likelihood, over its own defaults (for example sigma, levels, "
+        "components; discretized_logistic_mixture: 3 components)", dict),
     Key("model.prior", "learned", "prior p(z | x): 'standard' is N(0, I), 'learned' a Gaussian from a network of the "
         "condition, 'mixture' a mixture of such Gaussians, 'pixelcnn' an autoregressive prior over latent maps (architecture "
         "'fcn'); 'fitted_mixture' is what `cvae fit-prior` writes", str,

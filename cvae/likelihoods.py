@@ -237,7 +237,7 @@ class DiscretizedLogisticMixture(Likelihood):
 
     discrete = True
 
-    def __init__(self, target: TargetInfo, components: int = 5, levels: int | None = None,
+    def __init__(self, target: TargetInfo, components: int = 3, levels: int | None = None,
                  min_log_scale: float = -7.0) -> None:
         super().__init__(target)
         if components < 1:

@@ -62,7 +62,7 @@ class MLPDecoder(nn.Module):
 
 
 def build_mlp(*, target: TargetInfo, cond_features: int, latent_dim: int, params_per_element: int,
-              hidden: Sequence[int] = (256, 256), activation: str = "silu") -> tuple[nn.Module, nn.Module]:
+              hidden: Sequence[int] = (512, 256), activation: str = "silu") -> tuple[nn.Module, nn.Module]:
     """MLP encoder and decoder; the decoder mirrors the encoder's hidden widths."""
     encoder = MLPEncoder(target.numel, cond_features, latent_dim, hidden, activation)
     decoder = MLPDecoder(target.shape, cond_features, latent_dim, params_per_element, list(reversed(hidden)), activation)

@@ -62,6 +62,8 @@ def test_train_writes_a_run_and_resume_continues_it(tiny, capsys, tmp_path):
     assert "trained 2 epochs (12 steps): test ELBO" in stdout and "nll_nats" in stdout
     for name in ("metrics.jsonl", "config.json", "eval.json", "samples.png", "reconstructions.png"):
         assert (out / name).is_file(), name
+    listed = stdout.rpartition(f"run directory: {out} (")[2].partition(")")[0].split(", ")
+    assert sorted(listed) == sorted(f"{p.name}/" if p.is_dir() else p.name for p in out.iterdir())  # what is there
 
     code, _, stderr = run_cli(capsys, "train", "--out", out, *SETS)
     assert code == 2
@@ -92,6 +94,8 @@ def test_train_from_a_toml_file(tiny, capsys, tmp_path):
     code, stdout, stderr = run_cli(capsys, "train", config, "--out", tmp_path / "run", *settings)
     assert code == 0, stderr
     assert "trained 1 epochs (3 steps)" in stdout  # 192 examples in batches of 64
+    code, stdout, stderr = run_cli(capsys, "train", config, "--out", tmp_path / "quiet", *settings, "--set", "eval.at_end=false")
+    assert code == 0 and "eval.json" not in stdout and "config.json" in stdout, stderr
     assert json.loads((tmp_path / "run" / "config.json").read_text())["data"]["batch_size"] == 64
 
 

@@ -7,9 +7,11 @@ import string
 import textwrap
 
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import cvae
 from cvae import ConfigError, CVAEError, UnknownComponentError
 from cvae import config as config_mod
 from cvae.config import SCHEMA, apply_overrides, default_config, describe_keys, load_config, validate
@@ -41,9 +43,9 @@ def test_defaults_validate_and_name_their_components():
     cfg = default_config()
     validate(cfg, registry)
     assert sorted(registry.asked) == sorted((k.component, k.default) for k in SCHEMA if k.component)
-    assert cfg["train"]["epochs"] == EPOCHS and cfg["model"]["architecture_options"] == {"hidden": [512, 256]}
-    cfg["model"]["architecture_options"]["hidden"].append(1)  # a copy: the schema's defaults are untouched
-    assert default_config()["model"]["architecture_options"] == {"hidden": [512, 256]}
+    assert cfg["train"]["epochs"] == EPOCHS and cfg["model"]["architecture_options"] == {}
+    cfg["model"]["architecture_options"]["hidden"] = [1]  # a copy: the schema's defaults are untouched
+    assert default_config()["model"]["architecture_options"] == {}
 
 
 def test_describe_keys_lists_every_schema_key_with_its_default():
@@ -87,11 +89,19 @@ def test_toml_file_and_overrides_merge(tiny, tmp_path):
     assert cfg["train"]["beta"] == 1.0 and cfg["eval"]["iwae_samples"] == 100  # untouched defaults remain
 
 
-def test_override_inside_a_default_option_table_keeps_its_other_entries(tiny):
+def test_option_tables_start_empty_so_another_component_inherits_nothing(tiny):
+    # each component brings its own option defaults: naming another architecture or likelihood does not
+    # carry the default one's options (hidden widths, mixture components) into it
+    for setting in ('model.architecture="conv"', 'model.likelihood="gaussian_learned"', 'model.likelihood="bernoulli"'):
+        cfg = load_config(None, ['data.name="tiny"', setting])
+        data = cvae.load_data(cfg)
+        cvae.build_model(cfg, data.target, data.conditions)
     cfg = load_config(None, ['data.name="tiny"', 'model.architecture_options.activation="relu"'])
-    assert cfg["model"]["architecture_options"] == {"hidden": [512, 256], "activation": "relu"}
-    cfg = load_config(None, ['data.name="tiny"', "model.likelihood_options={levels = 5}"])
-    assert cfg["model"]["likelihood_options"] == {"levels": 5}  # the table itself replaces the default
+    assert cfg["model"]["architecture_options"] == {"activation": "relu"}
+    data = cvae.load_data(cfg)
+    model = cvae.build_model(cfg, data.target, data.conditions)
+    widths = [m.out_features for m in model.encoder.modules() if isinstance(m, torch.nn.Linear)][:2]
+    assert widths == [512, 256] and model.likelihood.k == 3  # the default model, as documented
 
 
 def test_override_values_are_toml_and_a_bare_word_is_a_string(tiny):

@@ -28,6 +28,16 @@ def test_every_config_key_is_in_the_readme_table():
     assert documented == {k.name for k in SCHEMA}
 
 
+def test_the_readme_names_exactly_the_keys_a_resume_may_change():
+    from cvae.train import RESUMABLE_KEYS
+
+    sentence = README.partition("A resumed run keeps its configuration")[2].partition("\n\n")[0]
+    named = set(re.findall(r"`([\w.*]+)`", sentence))
+    sections = {n[:-2] for n in named if n.endswith(".*")}
+    in_sections = {k.name for k in SCHEMA if k.name.split(".")[0] in sections}  # `eval.*`: every eval key
+    assert (named - {f"{s}.*" for s in sections}) | in_sections == set(RESUMABLE_KEYS)
+
+
 def test_the_plugin_example_is_the_shipped_package():
     assert (EXAMPLE / "pyproject.toml").read_text().strip() in [b.strip() for b in _blocks("toml")]
     assert (EXAMPLE / "cvae_laplace" / "__init__.py").read_text().strip() in [b.strip() for b in _blocks("python")]
