@@ -28,12 +28,22 @@ _NAME = re.compile(r"step-(\d+)\.pt$")
 _TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}$")  # what atomic_write's mkstemp names look like
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()  # read once, at import: setting it is process-wide and not thread-safe
+
+
 def atomic_write(path: Path, write: Any) -> None:
     """Call `write(file)` on a temporary file beside `path`, then rename it into place, so a reader
     (or a resumed run) sees the old file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's files are private (0600); a run's files get the usual mode
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

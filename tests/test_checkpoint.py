@@ -28,6 +28,9 @@ def test_atomic_write_replaces_the_file(tmp_path):
     atomic_write(path, lambda f: f.write(b"one"))
     atomic_write(path, lambda f: f.write(b"two"))
     assert path.read_bytes() == b"two" and os.listdir(path.parent) == ["f.bin"]
+    plain = tmp_path / "plain.bin"
+    plain.write_bytes(b"")
+    assert path.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777  # the mode of any file written here
 
 
 @pytest.mark.parametrize("error", [RuntimeError("disk full"), KeyboardInterrupt()])
