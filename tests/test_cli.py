@@ -317,6 +317,15 @@ def broken_distribution(tmp_path, monkeypatch, fresh_plugins):
     sys.modules.pop("broken_cli_plugin", None)
 
 
+def test_a_reader_that_closes_the_pipe_ends_the_command_quietly(tiny, monkeypatch):
+    read, write = os.pipe()
+    os.close(read)  # as `cvae plugins | head -1` once head has its line
+    with os.fdopen(write, "w", buffering=1) as stdout:  # line-buffered: the first line meets the closed pipe
+        monkeypatch.setattr(sys, "stdout", stdout)
+        assert main(["plugins"]) == 141
+        print("after", file=stdout)  # the exit's own flush must not fail again
+
+
 def test_plugins_reports_a_plugin_that_failed_to_import_and_still_exits_0(broken_distribution, capsys):
     code, stdout, _ = run_cli(capsys, "plugins")
     assert code == 0
