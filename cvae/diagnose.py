@@ -428,13 +428,23 @@ def diagnose(model: CVAE, data: DataBundle, device: torch.device | str = "cpu", 
 
 
 def _read_history(path: Path) -> list[dict[str, Any]]:
+    """The rows of metrics.jsonl. A last line cut short (training killed mid-write) is left out; a damaged
+    line before it is an error, since the verdict reads the whole history."""
+    if not path.is_file():
+        return []
+    lines = path.read_text(errors="replace").splitlines()
     rows = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
+    for number, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not isinstance(row, dict):
+            if number == len(lines) and line.startswith("{"):
                 break
+            raise CVAEError(f"{path}, line {number}: not a JSON object, so the training history is damaged; move "
+                            f"the file away to diagnose the run without its history")
+        rows.append(row)
     return rows
 
 

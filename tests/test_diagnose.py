@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 
 import pytest
 import torch
@@ -228,3 +229,17 @@ def test_doctor_cli_exit_2_for_a_missing_or_empty_run(tmp_path, toys, capsys):
     assert cli.main(["doctor", str(tmp_path / "empty")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("cvae doctor: error:") and "Traceback" not in err
+
+
+def test_doctor_refuses_a_damaged_history_and_skips_a_last_line_cut_short(runs, toys, capsys, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(runs / "healthy", run)
+    history = (run / "metrics.jsonl").read_text()
+    (run / "metrics.jsonl").write_text(history + '{"epoch": 99, "te')  # killed while writing a row
+    assert cli.main(["doctor", str(run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["verdict"] == "healthy"
+    for damaged in ("junk\n", "junk\n" + history, history.replace("}\n", "}\nnot json\n", 1)):
+        (run / "metrics.jsonl").write_text(damaged)
+        assert cli.main(["doctor", str(run)]) == 2
+        err = capsys.readouterr().err
+        assert "metrics.jsonl, line" in err and "training history is damaged" in err and len(err.splitlines()) == 1
