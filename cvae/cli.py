@@ -125,6 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .expost import check_fittable
     from .train import NonFiniteLossError, Trainer, resumed_config
 
     if args.resume:
@@ -136,9 +137,10 @@ def _train(args: argparse.Namespace) -> int:
     else:
         cfg = config_mod.load_config(args.config, args.overrides)
     out = args.out or Path("runs") / cfg["data"]["name"]
-    if cfg["fit_prior"]["after_training"]:
-        _fitted_slot(out)  # a folder in the way is reported before training, not after
     trainer = Trainer(cfg, out, resume=args.resume)
+    if trainer.config["fit_prior"]["after_training"]:  # what the fit will need is checked before any training
+        _fitted_slot(out)
+        check_fittable(trainer.model, trainer.data, trainer.device)
     where = "resuming at" if args.resume else "starting"
     epochs = trainer.config["train"]["epochs"]
     position = f"epoch {trainer.epoch + 1}/{epochs}" if trainer.epoch < epochs else f"the end of epoch {epochs}/{epochs}"

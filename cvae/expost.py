@@ -23,7 +23,7 @@ from .errors import CVAEError
 from .model import CVAE
 from .runs import Run, load_run
 
-__all__ = ["MAX_KEYS", "default_components", "fit_prior", "fit_mixture_tables", "training_posterior_draws"]
+__all__ = ["MAX_KEYS", "check_fittable", "default_components", "fit_prior", "fit_mixture_tables", "training_posterior_draws"]
 
 REG = 1e-4  # scikit-learn's reg_covar, and the least variance of any fitted direction: no component collapses
 MAX_COMPONENTS, DRAWS_PER_COMPONENT = 50, 20  # the default number of components (see default_components)
@@ -84,6 +84,32 @@ def _fit_condition(z: np.ndarray, components: int, rank: int, seed: int, floor: 
             "bases": bases, "spectra": spectra}
 
 
+def _check_latent(model: CVAE) -> None:
+    if len(model.latent_shape) != 1:
+        raise CVAEError(f"fit-prior needs a flat latent; this run's latents are maps {tuple(model.latent_shape)} "
+                        f"(a fully-convolutional run: train it with prior 'pixelcnn' instead)")
+
+
+def _check_keys(n: int) -> None:
+    if n > MAX_KEYS:
+        raise CVAEError(f"fit-prior: the conditions take {n} distinct values in the training split; a mixture "
+                        f"per value needs at most {MAX_KEYS} of them (class labels, not continuous observations)")
+
+
+@torch.no_grad()
+def check_fittable(model: CVAE, data: DataBundle, device: torch.device, batch_size: int = 512) -> None:
+    """What `fit_prior` will need of a model about to be trained on `data`: a flat latent, and conditions
+    with at most MAX_KEYS distinct values in the training split (counted on the untrained condition
+    encoders' features, as the fit counts them on the trained ones'). The model is left as it was."""
+    _check_latent(model)
+    training = model.training
+    model.eval()  # normalisation layers must not learn from this pass
+    features = [model.features(c, len(y)) for c, y in iterate_batches(data.train, batch_size, device=device)]
+    model.train(training)
+    h = torch.cat(features)
+    _check_keys(len(torch.unique(h, dim=0)) if h.shape[1] else 1)
+
+
 def fit_mixture_tables(h: torch.Tensor, z: torch.Tensor, components: int, seed: int = 0, rank: int = 0,
                        posterior_var: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """For each distinct row of `h`, a `components`-Gaussian mixture fitted to its rows of `z`: diagonal
@@ -102,9 +128,7 @@ def fit_mixture_tables(h: torch.Tensor, z: torch.Tensor, components: int, seed: 
         keys, which = h[:1], torch.zeros(len(h), dtype=torch.long)
     else:
         keys, which = torch.unique(h, dim=0, return_inverse=True)
-    if len(keys) > MAX_KEYS:
-        raise CVAEError(f"fit-prior: the conditions take {len(keys)} distinct values in the training split; a mixture "
-                        f"per value needs at most {MAX_KEYS} of them (class labels, not continuous observations)")
+    _check_keys(len(keys))
     d = z.shape[1]
     tables = {"keys": keys, "log_weights": torch.full((len(keys), components), -math.inf),
               "means": torch.zeros(len(keys), components, d), "logvars": torch.zeros(len(keys), components, d)}
@@ -145,9 +169,7 @@ def fit_prior(run_dir: str | Path, out: str | Path, *, components: int | None = 
     if (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()):
         raise CVAEError(f"{out} already holds a run; choose another --out")
     run = load_run(run_dir, device)
-    if len(run.model.latent_shape) != 1:
-        raise CVAEError(f"fit-prior needs a flat latent; this run's latents are maps {tuple(run.model.latent_shape)} "
-                        f"(a fully-convolutional run: train it with prior 'pixelcnn' instead)")
+    _check_latent(run.model)
     data = load_data(run.config)
     torch.manual_seed(seed)
     h, z, posterior_var = training_posterior_draws(run.model, data, run.device, int(draws))

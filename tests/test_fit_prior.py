@@ -293,6 +293,10 @@ def test_train_fits_the_prior_after_training_as_fit_prior_does(tiny, capsys, tmp
     assert run_cli(capsys, "fit-prior", out, "--out", tmp_path / "by-hand")[0] == 0
     by_hand, after = _prior_tables(tmp_path / "by-hand"), _prior_tables(out / "fitted")
     assert by_hand.keys() == after.keys() and all(torch.equal(by_hand[k], after[k]) for k in by_hand)
+    # and the training is the one a run without the option gets (its checks before training change nothing)
+    assert run_cli(capsys, "train", "--out", tmp_path / "plain", *_train_settings())[0] == 0
+    plain, trained = cvae.load_run(tmp_path / "plain").model.state_dict(), cvae.load_run(out).model.state_dict()
+    assert all(torch.equal(plain[k], trained[k]) for k in plain)
 
     # trained further, the run's fit is replaced by one of the new model
     code, _, stderr = run_cli(capsys, "train", "--out", out, "--resume", "--set", "train.epochs=3")
@@ -321,3 +325,20 @@ def test_a_folder_in_the_way_of_the_fit_is_reported_before_training(tiny, capsys
     assert not (out / "checkpoints").exists() and (out / "fitted" / "notes.txt").read_text() == "mine"
     code, _, stderr = run_cli(capsys, "train", "--out", out, *_train_settings("fit_prior.rank=-1"))
     assert code == 2 and "fit_prior.rank" in stderr
+
+
+@pytest.mark.parametrize("settings, needle", [
+    (("model.architecture=fcn", "model.architecture_options={channels=[4]}", "model.latent_dim=2",
+      "model.prior=standard", "model.prior_options={}", 'model.likelihood="bernoulli"'), "needs a flat latent"),
+    ((), None),
+])
+def test_what_the_fit_needs_is_checked_before_training(tiny, capsys, tmp_path, monkeypatch, settings, needle):
+    import cvae.expost
+
+    if needle is None:  # more distinct conditions than a mixture per value allows
+        monkeypatch.setattr(cvae.expost, "MAX_KEYS", 2)
+        needle = "the conditions take 3 distinct values"
+    out = tmp_path / "run"
+    code, _, stderr = run_cli(capsys, "train", "--out", out, *_train_settings("fit_prior.after_training=true", *settings))
+    assert code == 2 and needle in stderr, stderr
+    assert not (out / "checkpoints").exists()  # refused before the first step
