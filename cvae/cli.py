@@ -69,8 +69,8 @@ def _parser() -> tuple[argparse.ArgumentParser, Any]:
                        "posterior and write a run that samples from it")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--out", type=Path, required=True, help="the new run directory (the trained run is only read)")
-    p.add_argument("--components", type=int, default=None, help="Gaussians per distinct condition (default: the "
-                   "run's fit_prior.components; 0 there: one per 20 draws of the rarest condition, at most 50)")
+    p.add_argument("--components", type=int, default=None, help="Gaussians per distinct condition, >= 1 (default: "
+                   "the run's fit_prior.components, whose 0 means one per 20 draws of the rarest condition, at most 50)")
     p.add_argument("--rank", type=int, default=None, help="correlated directions per Gaussian: full covariance in "
                    "the posteriors' R principal directions, diagonal across the rest (default: the run's "
                    "fit_prior.rank, 32 unless set; 0: diagonal)")

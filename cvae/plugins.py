@@ -17,7 +17,7 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .errors import CVAEError, PluginError
+from .errors import CVAEError, PluginError, close_matches
 from .registry import Registry
 
 __all__ = ["hookimpl", "PluginRecord", "PluginFailure", "get_plugin_manager", "get_registry", "register_plugin", "reset"]
@@ -103,7 +103,15 @@ def _load_entry_points(state: _State) -> None:
     disabled = _env_names("CVAE_DISABLE_PLUGINS") or set()
     strict = _flag("CVAE_STRICT_PLUGINS", False)
     third_party = _flag("CVAE_LOAD_THIRD_PARTY", True)
-    for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+    entry_points = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
+    installed = {ep.name for ep in entry_points}
+    for variable, names in (("CVAE_PLUGINS", only or set()), ("CVAE_DISABLE_PLUGINS", disabled)):
+        for name in sorted(names - installed):  # a typo here would otherwise load, or keep, the wrong plugins
+            reason = f"{variable} names it, but no installed plugin has this name: {close_matches(name, installed)}"
+            if strict:
+                raise PluginError(f"plugin {name!r}: {reason}")
+            state.failures.append(PluginFailure(name, "?", reason))
+    for ep in entry_points:
         dist = ep.dist.metadata["Name"] if ep.dist is not None else "?"
         version = ep.dist.version if ep.dist is not None else "?"
         if ep.name in disabled or (only is not None and ep.name not in only):

@@ -236,6 +236,18 @@ def test_only_listed_plugins(plugins, fakeplug, monkeypatch):
     assert "fake_wide" not in cvae.get_registry().names("likelihood")
 
 
+@pytest.mark.parametrize("variable", ["CVAE_PLUGINS", "CVAE_DISABLE_PLUGINS"])
+def test_a_name_no_installed_plugin_has_is_reported(plugins, fakeplug, monkeypatch, variable):
+    monkeypatch.setenv(variable, "core,faek")  # a typo would otherwise load, or keep, the wrong plugins
+    plugins.reset()
+    (failure,) = plugins.plugin_failures()
+    assert failure.name == "faek" and f"{variable} names it" in failure.reason and "did you mean 'fake'" in failure.reason
+    monkeypatch.setenv("CVAE_STRICT_PLUGINS", "1")
+    plugins.reset()
+    with pytest.raises(PluginError, match=rf"plugin 'faek': {variable} names it"):
+        cvae.get_registry()
+
+
 def test_third_party_plugins_can_be_skipped(plugins, fakeplug, monkeypatch):
     monkeypatch.setenv("CVAE_LOAD_THIRD_PARTY", "0")
     plugins.reset()
