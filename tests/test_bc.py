@@ -185,6 +185,13 @@ def _write(path, **arrays):
 @pytest.mark.parametrize("problem, arrays, message", [
     ("mismatched lengths", dict(observations=np.zeros((5, 4)), actions=np.zeros((4, 2)), episode_starts=[0]),
      "5 observations but 4 actions"),
+    ("mismatched lengths, as written with both boundaries", dict(
+        observations=np.zeros((5, 4)), actions=np.zeros((4, 2)), episode_starts=[0], episode_ids=np.zeros(5)),
+     "5 observations but 4 actions"),
+    ("episode ids of other steps", dict(observations=np.zeros((5, 4)), actions=np.zeros((5, 2)), episode_ids=np.zeros(4)),
+     "4 episode ids for 5 observations"),
+    ("boundaries that disagree", dict(observations=np.zeros((5, 4)), actions=np.zeros((5, 2)), episode_starts=[0, 2],
+                                      episode_ids=np.array([0, 0, 0, 1, 1])), "episode_ids and episode_starts disagree"),
     ("NaN observation", dict(observations=np.array([[0, 0, 0, np.nan]] * 3), actions=np.zeros((3, 2)), episode_starts=[0]),
      "NaN or infinite"),
     ("NaN action", dict(observations=np.zeros((3, 4)), actions=np.array([[0, np.inf]] * 3), episode_starts=[0]),

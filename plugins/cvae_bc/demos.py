@@ -189,21 +189,21 @@ def load_demos(path: str | Path) -> Demos:
         obs = obs[:, None]
     if act.ndim == 1:
         act = act[:, None]
+    id_starts = None
+    if "episode_ids" in data:
+        ids = np.asarray(data["episode_ids"]).reshape(-1)
+        if len(ids) != len(obs):  # (observations and actions are compared with each other later)
+            raise cvae.CVAEError(f"{path}: {len(ids)} episode ids for {len(obs)} observations")
+        id_starts = np.nonzero(np.append(True, ids[1:] != ids[:-1]))[0]
     if "episode_starts" in data:
         starts = np.asarray(data["episode_starts"]).astype(np.int64).reshape(-1)
-    elif "episode_ids" in data:
-        ids = np.asarray(data["episode_ids"]).reshape(-1)
-        if len(ids) != len(act):
-            raise cvae.CVAEError(f"{path}: {len(ids)} episode ids for {len(act)} steps")
-        starts = np.nonzero(np.append(True, ids[1:] != ids[:-1]))[0]
+        if id_starts is not None and not np.array_equal(id_starts, starts):
+            raise cvae.CVAEError(f"{path}: episode_ids and episode_starts disagree")
+    elif id_starts is not None:
+        starts = id_starts
     else:
         raise cvae.CVAEError(f"{path}: give episode_starts (index of each episode's first step) or episode_ids "
                              f"(episode of every step)")
-    if "episode_starts" in data and "episode_ids" in data:
-        ids = np.asarray(data["episode_ids"]).reshape(-1)
-        if len(ids) != len(act) or len(starts) == 0 or (starts.max(initial=0) >= len(act)) or \
-                not np.array_equal(np.nonzero(np.append(True, ids[1:] != ids[:-1]))[0], starts):
-            raise cvae.CVAEError(f"{path}: episode_ids and episode_starts disagree")
     modes = np.asarray(data.get("modes", np.full(len(starts), -1))).astype(np.int64).reshape(-1)
     text = lambda k: str(data[k]) if k in data and data[k].ndim == 0 else ""  # noqa: E731
     try:
