@@ -465,6 +465,10 @@ def diagnose_run(run_dir: str | Path, device: str = "auto") -> Diagnosis:
                          batch_size=run.config["eval"]["batch_size"])
     diagnosis.figures.update({"run_dir": str(run.path), "checkpoint": str(run.checkpoint), "beta": beta,
                               "schedule": tc["schedule"], "free_bits": tc["free_bits"]})
+    if run.derived_from is not None and any("--set" in a for a in diagnosis.advice):  # a fitted run is not trained
+        diagnosis.advice.insert(0, f"this run's prior was fitted after training {run.derived_from}: the settings below "
+                                   f"are for training that run again (its command with them added, into a new --out), "
+                                   f"then fitting the new run's prior")
     return diagnosis
 
 

@@ -243,3 +243,12 @@ def test_doctor_refuses_a_damaged_history_and_skips_a_last_line_cut_short(runs, 
         assert cli.main(["doctor", str(run)]) == 2
         err = capsys.readouterr().err
         assert "metrics.jsonl, line" in err and "training history is damaged" in err and len(err.splitlines()) == 1
+
+
+def test_doctor_on_a_fitted_run_says_its_training_settings_are_for_the_source(runs, toys, capsys, tmp_path):
+    assert cli.main(["fit-prior", str(runs / "collapse"), "--out", str(tmp_path / "fitted"), "--components", "2"]) == 0
+    capsys.readouterr()
+    assert cli.main(["doctor", str(tmp_path / "fitted"), "--json"]) == 0
+    advice = json.loads(capsys.readouterr().out)["advice"]
+    assert any("--set" in a for a in advice[1:])
+    assert advice[0].startswith(f"this run's prior was fitted after training {runs / 'collapse'}")
