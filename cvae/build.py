@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .data import ConditionInfo, DataBundle, TargetInfo
+from .data import ConditionInfo, DataBundle, TargetInfo, held_out_count, hold_out
 from .errors import CVAEError
 from .model import CVAE
 from .plugins import get_registry
@@ -16,7 +16,8 @@ __all__ = ["load_data", "build_model", "resolve_device"]
 
 
 def load_data(config: Mapping[str, Any]) -> DataBundle:
-    """The configured dataset, checked against the data contract."""
+    """The configured dataset, checked against the data contract, with its validation split held out of
+    the training split when `data.validation` asks for one."""
     data_cfg = config["data"]
     spec = get_registry().get("dataset", data_cfg["name"])
     bundle = spec.build(options=data_cfg["options"], where=f"data.options (dataset {spec.name!r})")
@@ -26,6 +27,9 @@ def load_data(config: Mapping[str, Any]) -> DataBundle:
     if len(bundle.train) == 0 or len(bundle.test) == 0:
         raise CVAEError(f"dataset {spec.name!r} has an empty split: {len(bundle.train)} training and "
                         f"{len(bundle.test)} test examples")
+    count = held_out_count(len(bundle.train), data_cfg.get("validation", 0))
+    if count:
+        bundle.train, bundle.validation = hold_out(bundle.train, count, config["seed"])
     return bundle
 
 

@@ -158,7 +158,8 @@ def _train(args: argparse.Namespace) -> int:
         return 1
     if not trainer.dist.is_main:  # rank 0 reports
         return 0
-    elbo = f": test ELBO {metrics['test_elbo']:.2f} nats" if "test_elbo" in metrics else ""
+    elbo = next((f": {name} ELBO {metrics[key]:.2f} nats" for key, name in (("val_elbo", "validation"), ("test_elbo", "test"))
+                 if key in metrics), "")
     print(f"trained {trainer.epoch} epochs ({trainer.step} steps){elbo}")
     if "eval" in metrics:
         print(_format_eval(metrics["eval"]))

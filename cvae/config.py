@@ -56,6 +56,11 @@ SCHEMA: tuple[Key, ...] = (
     Key("data.name", "digits", "dataset to train on", str, component="dataset"),
     Key("data.options", {}, "options for the dataset (for example root, download, test_fraction)", dict),
     Key("data.batch_size", 64, "examples per training batch", int, check=_positive, check_doc="> 0"),
+    Key("data.validation", 0, "training examples held out as a validation split, at random for the seed: a fraction "
+        "below 1 or a count (0: none). With one, each epoch's held-out figures (val_elbo...) and `cvae doctor`'s "
+        "epoch advice come from it, and only the evaluation reads the test split", _NUM,
+        check=lambda v: math.isfinite(v) and v >= 0 and (v < 1 or float(v).is_integer()),
+        check_doc="0, a fraction below 1 (for example 0.1) or a whole number of examples (for example 500)"),
     Key("conditions", {}, "per-condition encoder and options, e.g. conditions.label.options.encoding = 'onehot'; "
         "by default each condition uses the encoder its dataset names", dict),
     Key("model.architecture", "mlp", "encoder/decoder architecture", str, component="architecture"),

@@ -8,11 +8,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from .errors import CVAEError
 
-__all__ = ["TargetInfo", "ConditionInfo", "DataBundle", "TensorData", "iterate_batches", "load_array", "Batch"]
+__all__ = ["TargetInfo", "ConditionInfo", "DataBundle", "TensorData", "Rows", "hold_out", "held_out_count",
+           "iterate_batches", "load_array", "Batch"]
 
 Batch = tuple[dict[str, torch.Tensor], torch.Tensor]
 
@@ -63,7 +64,8 @@ class ConditionInfo:
 
 @dataclass
 class DataBundle:
-    """A dataset's train and test splits and what they hold."""
+    """A dataset's train and test splits and what they hold; `validation`, when the config asks for one
+    (`data.validation`), is held out of the training split by `load_data`, never by the dataset."""
 
     name: str
     target: TargetInfo
@@ -71,6 +73,7 @@ class DataBundle:
     train: Dataset
     test: Dataset
     extras: dict[str, Any] = field(default_factory=dict)
+    validation: Dataset | None = None
 
 
 class TensorData(Dataset):
@@ -129,6 +132,62 @@ class TensorData(Dataset):
         out.y = self.y.to(device)
         out.conditions = {k: v.to(device) for k, v in self.conditions.items()}
         return out
+
+
+class Rows(TensorData):
+    """Rows `index` of an in-memory split, batched by the split's own `batch` (so a split that builds its
+    batches from another, like a completion split, keeps doing so)."""
+
+    def __init__(self, base: TensorData, index: torch.Tensor) -> None:
+        self.base, self.index = base, index.to(base.y.device)
+
+    @property
+    def y(self) -> torch.Tensor:  # read by iterate_batches for the device only
+        return self.base.y
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> Batch:
+        return self.base[int(self.index[i])]
+
+    def batch(self, index: torch.Tensor) -> Batch:
+        return self.base.batch(self.index[index])
+
+    def to(self, device: torch.device | str) -> Rows:
+        return Rows(self.base.to(device), self.index)
+
+
+def held_out_count(n: int, validation: float, where: str = "data.validation") -> int:
+    """How many of `n` training examples `validation` holds out: a fraction in (0, 1) of them (rounded,
+    at least one) or a whole count; 0 holds out none. At least one example must stay for training."""
+    if isinstance(validation, bool) or not isinstance(validation, (int, float)) or not math.isfinite(validation) \
+            or validation < 0:
+        raise CVAEError(f"{where} must be a fraction of the training split in (0, 1), a whole number of examples, "
+                        f"or 0 (none), got {validation!r}")
+    if validation == 0:
+        return 0
+    if validation < 1:
+        count = max(1, round(n * validation))
+    elif float(validation).is_integer():
+        count = int(validation)
+    else:
+        raise CVAEError(f"{where} = {validation!r}: give a fraction below 1 (for example 0.1) or a whole number of "
+                        f"examples (for example 500)")
+    if count >= n:
+        raise CVAEError(f"{where} = {validation!r} holds out {count} of the {n} training examples and leaves none to "
+                        f"train on; hold out fewer than {n}")
+    return count
+
+
+def hold_out(data: Dataset, count: int, seed: int) -> tuple[Dataset, Dataset]:
+    """`data` split at random (fixed by `seed`) into the examples that stay and `count` held-out ones,
+    each in the split's own order."""
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(int(seed)))
+    stay, held = order[count:].sort().values, order[:count].sort().values
+    if isinstance(data, TensorData):
+        return Rows(data, stay), Rows(data, held)
+    return Subset(data, stay.tolist()), Subset(data, held.tolist())
 
 
 def iterate_batches(data: Dataset, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,

@@ -4,7 +4,8 @@ Two failures need opposite remedies. In posterior collapse the KL sits near zero
 reconstructions are the blurry average that the condition alone predicts: beta must come down (or warm
 up from about 0, or free bits must guarantee some KL). With a KL that is too high the posteriors sit
 far from the prior: reconstructions are sharp, but samples drawn from the prior land where the decoder
-was never trained: beta must go up. `measure` computes, on the held-out (test) split:
+was never trained: beta must go up. `measure` computes, on the held-out split (the validation
+split when the run holds one out, else the test split):
 
 - the KL, in total and per latent dimension, and the active units, counted as `cvae eval` does
   (variance of the posterior mean above 0.01) and relative to the prior (the same after whitening
@@ -23,7 +24,7 @@ was never trained: beta must go up. `measure` computes, on the held-out (test) s
   posterior draws; the ratio is about 1 when the aggregate posterior matches the prior and falls when
   prior draws land in regions the posteriors never visit. Also the KL from a Gaussian fitted to the
   whitened aggregate posterior to N(0, I). In data space: the same precision for decoded prior
-  samples, reconstructions and the real test targets, against the training targets;
+  samples, reconstructions and the real held-out targets, against the training targets;
 - the training history (metrics.jsonl): whether the held-out objective was still rising at the end.
 
 `judge` turns the figures into a verdict with its evidence and advice whose numbers (beta, a KL target,
@@ -185,8 +186,9 @@ def rate_distortion(features: torch.Tensor, y: torch.Tensor, distortion: float) 
 @torch.no_grad()
 def measure(model: CVAE, data: DataBundle, device: torch.device | str = "cpu", *, seed: int = 0,
             batch_size: int = 256) -> dict[str, Any]:
-    """Every figure named in the module docstring, measured on `data.test` (the training split supplies
-    the mean-target baseline and the references), without disturbing the caller's random state."""
+    """Every figure named in the module docstring, measured on `data.validation` when there is one, else
+    on `data.test` (the training split supplies the mean-target baseline and the references), without
+    disturbing the caller's random state."""
     if len(getattr(model, "latent_shape", ())) > 1:
         raise CVAEError(f"cvae doctor measures vector latents; this model's latents are maps "
                         f"{tuple(model.latent_shape)} (architecture 'fcn'): `cvae eval` reports their KL, active "
@@ -204,7 +206,8 @@ def measure(model: CVAE, data: DataBundle, device: torch.device | str = "cpu", *
 
 def _measure(model: CVAE, data: DataBundle, device: torch.device, seed: int, batch_size: int) -> dict[str, Any]:
     lik, dec = model.likelihood, model.decoder
-    test_c, test_y = _gather(data.test, device, batch_size, MAX_QUERIES, seed)
+    held = data.validation if data.validation is not None else data.test
+    test_c, test_y = _gather(held, device, batch_size, MAX_QUERIES, seed)
     train_c, train_y = _gather(data.train, device, batch_size, MAX_REFERENCE, seed + 1)
     te = _latents(model, test_c, test_y, batch_size)
     tr = _latents(model, train_c, train_y, batch_size)
@@ -243,6 +246,7 @@ def _measure(model: CVAE, data: DataBundle, device: torch.device, seed: int, bat
     rd = rate_distortion(tr["h"], train_y, RULES["target_distortion"])
 
     return {
+        "held_out_split": "validation" if data.validation is not None else "test",
         "test_examples": n,
         "train_examples": len(data.train),
         "latent_dim": d,
@@ -279,18 +283,20 @@ def _measure(model: CVAE, data: DataBundle, device: torch.device, seed: int, bat
 
 
 def history_figures(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """From metrics.jsonl rows: the held-out objective test_rec - beta * test_kl per epoch (what training
-    maximises, measured on held-out data), how much of its gain came in the last fifth of the epochs,
-    and the best epoch of the held-out ELBO."""
-    rows = [r for r in rows if all(isinstance(r.get(k), (int, float)) for k in ("epoch", "test_rec", "test_kl", "beta",
-                                                                                "test_elbo"))]
+    """From metrics.jsonl rows: the held-out objective rec - beta * kl per epoch (what training maximises,
+    measured on held-out data: the validation split's `val_*` figures when the run has one, else the test
+    split's `test_*`), how much of its gain came in the last fifth of the epochs, and the best epoch of
+    the held-out ELBO."""
+    prefix = "val" if any("val_elbo" in r for r in rows) else "test"
+    elbo, rec, kl = (f"{prefix}_{k}" for k in ("elbo", "rec", "kl"))
+    rows = [r for r in rows if all(isinstance(r.get(k), (int, float)) for k in ("epoch", rec, kl, "beta", elbo))]
     if len(rows) < 2:
         return {}
-    objective = [r["test_rec"] - r["beta"] * r["test_kl"] for r in rows]
+    objective = [r[rec] - r["beta"] * r[kl] for r in rows]
     late = max(1, round(RULES["late_fraction"] * len(rows)))
     total_gain = objective[-1] - objective[0]
     late_gain = objective[-1] - objective[-1 - late]
-    best = max(range(len(rows)), key=lambda i: rows[i]["test_elbo"])
+    best = max(range(len(rows)), key=lambda i: rows[i][elbo])
     return {
         "epochs": rows[-1]["epoch"],
         "steps": rows[-1].get("step"),
@@ -299,9 +305,10 @@ def history_figures(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "late_gain": late_gain,
         "total_gain": total_gain,
         "late_gain_fraction": late_gain / total_gain if total_gain > 0 else 0.0,
+        "history_split": "validation" if prefix == "val" else "test",
         "best_elbo_epoch": rows[best]["epoch"],
-        "best_elbo": rows[best]["test_elbo"],
-        "last_elbo": rows[-1]["test_elbo"],
+        "best_elbo": rows[best][elbo],
+        "last_elbo": rows[-1][elbo],
     }
 
 
@@ -340,8 +347,8 @@ def judge(figures: Mapping[str, Any], run: Mapping[str, Any] | None = None) -> D
                   f"posterior draws do (latent coverage {f['coverage_prior']:.2f} vs {f['coverage_posterior']:.2f}; "
                   f"Gaussian-fit KL of the aggregate posterior to the prior {f['aggregate_gaussian_kl']:.2f} nats)")
     sample_line = (f"data-space precision: samples {f['precision_samples']:.2f}, reconstructions "
-                   f"{f['precision_reconstructions']:.2f}, real test targets {f['precision_test']:.2f} (ratio samples / "
-                   f"reconstructions {f['sample_precision_ratio']:.2f})")
+                   f"{f['precision_reconstructions']:.2f}, real {f.get('held_out_split', 'test')} targets "
+                   f"{f['precision_test']:.2f} (ratio samples / reconstructions {f['sample_precision_ratio']:.2f})")
 
     warmup = max(1, math.ceil(RULES["warmup_fraction"] * steps)) if steps else None
     free_bits = target / d if d else 0.0
@@ -449,7 +456,7 @@ def _read_history(path: Path) -> list[dict[str, Any]]:
 
 
 def diagnose_run(run_dir: str | Path, device: str = "auto") -> Diagnosis:
-    """`cvae doctor RUN_DIR`: the run's newest checkpoint, measured on its test split."""
+    """`cvae doctor RUN_DIR`: the run's newest checkpoint, measured on its held-out split."""
     from .build import load_data
     from .runs import load_run
 
@@ -487,7 +494,7 @@ _TABLE = (
     ("aggregate_gaussian_kl", "Gaussian-fit KL, aggregate posterior to prior"),
     ("precision_samples", "precision of samples"),
     ("precision_reconstructions", "precision of reconstructions"),
-    ("precision_test", "precision of real test targets"),
+    ("precision_test", "precision of real held-out targets"),
     ("residual_structure", "structure of what the condition leaves"),
     ("target_kl", "suggested KL target, nats"),
     ("beta_for_target", "beta for that target (Gaussian estimate)"),
@@ -506,7 +513,7 @@ def format_report(diagnosis: Diagnosis) -> str:
     lines += [f"  - {e}" for e in diagnosis.evidence]
     lines.append("advice:")
     lines += [f"  - {a}" for a in diagnosis.advice]
-    lines.append(f"figures (test split, {f.get('test_examples')} examples):")
+    lines.append(f"figures ({f.get('held_out_split', 'test')} split, {f.get('test_examples')} examples):")
     for key, label in _TABLE:
         if key in f:
             value = f[key]

@@ -226,7 +226,9 @@ def cvae_step_end(trainer: Any, step: int, losses: dict) -> None:
 def cvae_epoch_end(trainer: Any, epoch: int, metrics: dict) -> None:
     """Called after every epoch with that epoch's metrics (the row appended to `metrics.jsonl`).
 
-    `metrics` holds plain floats: "loss", "rec", "kl", "beta", "active_units", "test_elbo"...
+    `metrics` holds plain floats: "loss", "rec", "kl", "beta", "active_units" and the held-out split's
+    "test_elbo", "test_rec", "test_kl" (named "val_elbo", "val_rec", "val_kl" when the run holds out a
+    validation split, `data.validation`, and the test split is left to the evaluation)...
 
     Example::
 
@@ -245,7 +247,7 @@ def cvae_fit_end(trainer: Any, metrics: dict) -> None:
 
         @cvae.hookimpl
         def cvae_fit_end(trainer, metrics):
-            print("final test ELBO", metrics["test_elbo"])
+            print("final held-out ELBO", metrics.get("val_elbo", metrics.get("test_elbo")))
     """
 
 

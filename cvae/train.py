@@ -291,13 +291,15 @@ class Trainer:
                 bar.set_postfix(loss=f"{values[0]:.2f}", rec=f"{values[1]:.2f}", kl=f"{values[2]:.2f}", beta=f"{beta:.3g}")
         bar.close()
         seconds = time.perf_counter() - start
-        test = self.dist.broadcast(held_out_stats(self.model, self.data.test, self.device, self.config["eval"]["batch_size"])
+        # with a validation split the test split is left to the evaluation: nothing chosen per epoch sees it
+        split, prefix = ((self.data.validation, "val") if self.data.validation is not None else (self.data.test, "test"))
+        held = self.dist.broadcast(held_out_stats(self.model, split, self.device, self.config["eval"]["batch_size"])
                                    if self.dist.is_main else None)
         mean = (self.epoch_sums / max(self.epoch_count, 1)).tolist()
         return {"epoch": self.epoch + 1, "step": self.step, "loss": mean[0], "rec": mean[1], "kl": mean[2], "beta": self.epoch_beta,
                 "lr": self.optimizer.param_groups[0]["lr"],
-                "test_elbo": test["test_elbo"], "test_rec": test["test_rec"], "test_kl": test["test_kl"],
-                "active_units": test["active_units"], "seconds": seconds,
+                **{f"{prefix}_{k}": held[f"test_{k}"] for k in ("elbo", "rec", "kl")},
+                "active_units": held["active_units"], "seconds": seconds,
                 "examples_per_s": seen / seconds if seconds > 0 else None}
 
     def finish(self) -> dict[str, Any]:

@@ -376,7 +376,8 @@ def train_policies(demos_path: str | Path, out: str | Path, *, policies: Sequenc
             cfg["train"]["progress"] = bool(progress)
             again = resume and (where / "checkpoints").is_dir() and any((where / "checkpoints").iterdir())
             metrics = cvae.train(cfg, out=where, resume=again, overrides=list(cvae_overrides))
-            results[name] = {k: metrics[k] for k in ("test_elbo", "test_rec", "test_kl", "active_units") if k in metrics}
+            results[name] = {k: metrics[k] for k in ("test_elbo", "test_rec", "test_kl", "val_elbo", "val_rec", "val_kl",
+                                                      "active_units") if k in metrics}
             info["policies"][name] = {**settings}
         else:
             model_path = where / "model.pt"

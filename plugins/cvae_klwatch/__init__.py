@@ -153,7 +153,7 @@ def cvae_epoch_end(trainer: Any, epoch: int, metrics: dict) -> None:
     if isinstance(kl, (int, float)):
         _collapse(watch, kl, watch.last_epoch_kl, due, f"KL collapsed toward zero: {kl:.3g} nats per example over "
                   f"epoch {epoch} (beta {metrics.get('beta', float('nan')):.3g}, held-out KL "
-                  f"{metrics.get('test_kl', float('nan')):.3g})", trainer)
+                  f"{metrics.get('val_kl', metrics.get('test_kl', float('nan'))):.3g})", trainer)
         watch.last_epoch_kl = kl
     if isinstance(units, int):
         if units == 0 and due and not watch.inactive:
