@@ -150,7 +150,9 @@ def _train(args: argparse.Namespace) -> int:
     try:
         metrics = trainer.fit()
     except KeyboardInterrupt:
-        print(f"cvae train: interrupted at step {trainer.step}; state saved. Continue with: "
+        saved = ("stopped at once; the last checkpoint stands" if trainer.stopped_at_once
+                 else "state saved")
+        print(f"cvae train: interrupted at step {trainer.step}; {saved}. Continue with: "
               f"cvae train --out {out} --resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     except NonFiniteLossError as exc:

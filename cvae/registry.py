@@ -117,15 +117,22 @@ KINDS: dict[str, tuple[str, type[ComponentSpec]]] = {
 
 def check_options(factory: Callable[..., Any], options: Mapping[str, Any], where: str, fixed: set[str] = frozenset(),
                   positional: int = 0) -> None:
-    """Reject option names the factory does not accept, listing the ones it does; `fixed` keywords and
-    the first `positional` parameters are supplied by the toolkit, so they are not options."""
+    """Reject option names the factory does not accept, listing the ones it does, and name the options
+    it requires that are missing; `fixed` keywords and the first `positional` parameters are supplied by
+    the toolkit, so they are not options."""
     try:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):  # builtins without a signature: let the call decide
         return
+    taken = set(fixed) | set(list(params)[:positional])
+    required = [n for n, p in params.items() if p.default is p.empty and n not in taken and n != "self"
+                and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and n not in options]
+    if required:
+        key = where.split(" ")[0]
+        hint = f"; set it, for example --set {key}.{required[0]}=..." if "." in key else ""
+        raise ConfigError(f"{where}: required option {', '.join(map(repr, required))} is missing{hint}")
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
-    taken = set(fixed) | set(list(params)[:positional])
     allowed = sorted(
         n for n, p in params.items()
         if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and n not in taken and n != "self"

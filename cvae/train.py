@@ -6,6 +6,8 @@ import contextlib
 import copy
 import json
 import math
+import signal
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -88,6 +90,8 @@ class Trainer:
         self.schedule = get_registry().get("schedule", tc["schedule"]).build(
             options=tc["schedule_options"], where="train.schedule_options", beta=tc["beta"])
         self.epoch = self.batch = self.step = 0
+        self.stop_requested = self.stopped_at_once = False  # Ctrl-C while training (see _stop_between_steps)
+        self.last_metrics: dict[str, Any] = {}
         # running sums of loss, rec and kl over the unfinished epoch, its example count and last beta: saved
         # with a mid-epoch checkpoint so that a resumed epoch's metrics row covers the whole epoch
         self.epoch_sums, self.epoch_count, self.epoch_beta = torch.zeros(3, dtype=torch.float64), 0, 0.0
@@ -193,20 +197,15 @@ class Trainer:
         done = _read_metrics(self.run_dir / "metrics.jsonl") if self.epoch >= tc["epochs"] else []
         metrics: dict[str, Any] = dict(done[-1]) if done else {}
         call_hook("cvae_fit_start", trainer=self)
+        self.stop_requested = self.stopped_at_once = False
         try:
-            while self.epoch < tc["epochs"]:
-                metrics = self._run_epoch()
-                self.epoch += 1
-                self.batch = 0
-                if self.dist.is_main:  # one write of one line: a kill leaves at most a cut last line, dropped on resume
-                    with (self.run_dir / "metrics.jsonl").open("a") as f:
-                        f.write(json.dumps(metrics) + "\n")
-                call_hook("cvae_epoch_end", trainer=self, epoch=metrics["epoch"], metrics=metrics)
-                if self.epoch % tc["checkpoint_every"] == 0 or self.epoch == tc["epochs"]:
-                    self.save()
+            with self._stop_between_steps():
+                self._train_epochs()
         except KeyboardInterrupt as exc:
-            # between two steps: the position is exact. Other processes may be anywhere: rank 0 saves its own view
-            self.save(gather=not self.dist.distributed)
+            # a Ctrl-C stops between two steps: the position is exact (a second one stops at once, and the last
+            # checkpoint stands). Other processes may be anywhere: rank 0 saves its own view
+            if not self.stopped_at_once:
+                self.save(gather=not self.dist.distributed)
             call_hook("cvae_fit_error", trainer=self, error=exc)
             raise
         except Exception as exc:
@@ -216,9 +215,52 @@ class Trainer:
             if self._own_group:  # no collective follows: rank 0 finishes alone
                 torch.distributed.destroy_process_group()
                 self._own_group = False
+        metrics = self.last_metrics or metrics
         metrics.update(self.finish())
         call_hook("cvae_fit_end", trainer=self, metrics=metrics)
         return metrics
+
+    @contextlib.contextmanager
+    def _stop_between_steps(self) -> Any:
+        """While training, Ctrl-C (SIGINT) asks to stop after the step under way, so that the saved state is
+        one a resume continues exactly; a second Ctrl-C stops at once. Only a single process's main thread
+        can take signals (under torchrun the ranks must stop together, as before)."""
+        if self.dist.distributed or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def on_interrupt(signum: int, frame: Any) -> None:
+            if self.stop_requested:
+                self.stopped_at_once = True
+                raise KeyboardInterrupt
+            self.stop_requested = True
+
+        previous = signal.signal(signal.SIGINT, on_interrupt)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _stop_if_asked(self) -> None:
+        if self.stop_requested:
+            raise KeyboardInterrupt
+
+    def _train_epochs(self) -> None:
+        """Epochs up to train.epochs, each with its metrics row, hook and checkpoint; `last_metrics` is the
+        last epoch's row."""
+        tc = self.config["train"]
+        while self.epoch < tc["epochs"]:
+            metrics = self._run_epoch()
+            self.epoch += 1
+            self.batch = 0
+            if self.dist.is_main:  # one write of one line: a kill leaves at most a cut last line, dropped on resume
+                with (self.run_dir / "metrics.jsonl").open("a") as f:
+                    f.write(json.dumps(metrics) + "\n")
+            self.last_metrics = metrics
+            call_hook("cvae_epoch_end", trainer=self, epoch=metrics["epoch"], metrics=metrics)
+            if self.epoch % tc["checkpoint_every"] == 0 or self.epoch == tc["epochs"]:
+                self.save()
+        self._stop_if_asked()  # asked during the last epoch's end: stop before the evaluation too
 
     def _lr(self, step: int) -> float:
         """The learning rate of `step` under train.lr_schedule: a function of the step alone, so a resumed
@@ -244,6 +286,7 @@ class Trainer:
         seen, start = 0, time.perf_counter()
         self.model.train()
         for conds, y in bar:
+            self._stop_if_asked()  # the step before is complete: a resume continues exactly from here
             beta = self.schedule.beta(self.step)
             if tc["lr_schedule"] != "constant":
                 for group in self.optimizer.param_groups:

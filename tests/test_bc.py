@@ -203,6 +203,14 @@ def _write(path, **arrays):
                                      env_id=np.array(ENV_IDS["obstacle"])), "do not match"),
     ("action outside the space", dict(observations=np.zeros((3, 4)), actions=np.full((3, 2), 1.5), episode_starts=[0],
                                       env_id=np.array(ENV_IDS["obstacle"])), "outside the action space"),
+    ("an episode split in two", dict(observations=np.zeros((5, 4)), actions=np.zeros((5, 2)),
+                                     episode_ids=np.array([0, 0, 1, 0, 2])),
+     "episode id 0 comes back at step 3 after other episodes"),
+    ("fractional starts", dict(observations=np.zeros((5, 4)), actions=np.zeros((5, 2)), episode_starts=[0.0, 2.5]),
+     "episode_starts must be whole step indices"),
+    ("an unknown environment id", dict(observations=np.zeros((3, 4)), actions=np.zeros((3, 2)), episode_starts=[0],
+                                       env_id=np.array("cvae/ObstacleFeild-v0")),
+     "unknown environment id 'cvae/ObstacleFeild-v0': did you mean 'cvae/ObstacleField-v0'.*remove env_id"),
 ])
 def test_bad_demonstrations_raise_a_clear_error(tmp_path, problem, arrays, message):
     path = _write(tmp_path / "bad.npz", **arrays)
@@ -212,7 +220,8 @@ def test_bad_demonstrations_raise_a_clear_error(tmp_path, problem, arrays, messa
 
 def test_a_file_that_is_not_npz_is_a_clear_error(tmp_path):
     (tmp_path / "junk.npz").write_text("not a zip")
-    with pytest.raises(cvae.CVAEError, match="not a readable .npz"):
+    with pytest.raises(cvae.CVAEError, match="not a readable .npz file: it is neither a zip of arrays nor a .npy "
+                                             r"array \(pickled objects are never loaded\)$"):
         cvae_bc.load_demos(tmp_path / "junk.npz")
 
 
@@ -222,6 +231,15 @@ def test_the_cli_exits_2_on_bad_input(tmp_path, capsys):
     bad = _write(tmp_path / "bad.npz", observations=np.zeros((5, 4)), actions=np.zeros((4, 2)), episode_starts=[0])
     assert cvae.cli.main(["bc", "train", str(bad), "--out", str(tmp_path / "run")]) == 2
     assert "5 observations but 4 actions" in capsys.readouterr().err
+    assert cvae.cli.main(["bc", "benchmark", "--out", str(tmp_path / "bench"), "--envs", "obstacle2", "--demos", "0"]) == 2
+    assert "--demos must be >= 1" in capsys.readouterr().err and not (tmp_path / "bench" / "obstacle2").exists()
+
+
+def test_a_bad_override_stops_bc_train_before_any_policy_trains(tmp_path, demos_file, capsys):
+    code = cvae.cli.main(["bc", "train", str(demos_file), "--out", str(tmp_path / "run"), "--set", "train.betaa=2"])
+    captured = capsys.readouterr()
+    assert code == 2 and "unknown config key 'train.betaa': did you mean 'train.beta'" in captured.err
+    assert "training mse" not in captured.err + captured.out and not (tmp_path / "run").exists()
 
 
 def test_cli_collect_writes_the_documented_file(tmp_path, capsys):

@@ -328,3 +328,29 @@ def test_hook_raising_names_the_plugin(plugins):
     cvae.register_plugin(make_plugin("raising_plugin", cvae_priors=cvae_priors))
     with pytest.raises(PluginError, match=r"plugin 'raising_plugin' raised in cvae_priors: ValueError\('oops'\)"):
         cvae.get_registry()
+
+
+def test_a_missing_required_option_is_named_before_the_factory_runs(fresh_plugins):
+    from cvae.registry import check_options
+
+    def load(path: str, *, size: int = 8):
+        raise AssertionError("never called")
+
+    spec = cvae.DatasetSpec("needs_path", load, "a dataset that needs a file")
+    with pytest.raises(cvae.ConfigError, match=r"data.options \(dataset 'needs_path'\): required option 'path' is "
+                                               r"missing; set it, for example --set data.options.path=\.\.\."):
+        spec.build(options={"size": 4}, where="data.options (dataset 'needs_path')")
+    with pytest.raises(cvae.ConfigError, match=r"^needs_path: required option 'path' is missing$"):
+        spec.build(options={})
+    check_options(load, {"path": "x"}, "data.options")  # given: accepted
+    check_options(lambda target, *, sigma: None, {"sigma": 1.0}, "model.likelihood_options", positional=1)
+
+
+def test_bc_demos_without_a_path_is_a_one_line_error(fresh_plugins, capsys, tmp_path):
+    from cvae.cli import main
+
+    code = main(["train", "--set", "data.name=bc_demos", "--set", "model.likelihood=gaussian_learned",
+                 "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "data.options (dataset 'bc_demos'): required option 'path' is missing" in err

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -197,6 +199,43 @@ def test_interrupt_mid_epoch_saves_the_position_and_resume_is_exact(tiny_config,
     assert len(rows(tmp_path / "cut")) == 1  # epoch 2 was not finished
 
     resumed, _ = fit(tiny_config(*options), tmp_path / "cut", resume=True)
+    assert resumed.step == whole.step == 18
+    assert_same_parameters(whole.model.state_dict(), resumed.model.state_dict())
+    assert untimed(rows(tmp_path / "whole")) == untimed(rows(tmp_path / "cut"))
+
+
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_inside_a_step_stops_after_it_and_resume_is_exact(tiny_config, lifecycle_plugin, tmp_path, presses):
+    """A real SIGINT delivered in the middle of step 8's forward pass: one press finishes that step, saves and
+    stops (a resume then matches an uninterrupted run); a second press stops at once and keeps the last checkpoint."""
+    whole, _ = fit(tiny_config("train.epochs=3", "train.checkpoint_steps=3"), tmp_path / "whole")
+    calls = [0]
+
+    def cvae_fit_start(trainer):
+        forward = trainer.model.decoder.forward
+
+        def interrupting(*args, **kwargs):
+            if trainer.model.training:
+                calls[0] += 1
+                if calls[0] == 8:
+                    for _ in range(presses):
+                        os.kill(os.getpid(), signal.SIGINT)
+            return forward(*args, **kwargs)
+
+        if calls[0] == 0:  # the first run only
+            trainer.model.decoder.forward = interrupting
+
+    lifecycle_plugin("interrupter", cvae_fit_start=cvae_fit_start)
+    cut = Trainer(tiny_config("train.epochs=3", "train.checkpoint_steps=3"), tmp_path / "cut")
+    with pytest.raises(KeyboardInterrupt):
+        cut.fit()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the trainer's handler is gone again
+    state = load_checkpoint(latest_checkpoint(tmp_path / "cut" / "checkpoints"))
+    if presses == 1:
+        assert (cut.stopped_at_once, cut.step, state["step"], state["batch"]) == (False, 8, 8, 2)
+    else:
+        assert cut.stopped_at_once and state["step"] == 6  # the checkpoint of checkpoint_steps=3 before it
+    resumed, _ = fit(tiny_config("train.epochs=3", "train.checkpoint_steps=3"), tmp_path / "cut", resume=True)
     assert resumed.step == whole.step == 18
     assert_same_parameters(whole.model.state_dict(), resumed.model.state_dict())
     assert untimed(rows(tmp_path / "whole")) == untimed(rows(tmp_path / "cut"))

@@ -17,7 +17,7 @@ import cvae
 
 from .demos import collect, save_demos
 from .evaluate import ExpertBatch, draw_rollouts, make_env, resolve_env, rollout, save_panels, summarise
-from .policies import POLICIES, Z_RULES, load_policy, run_info, train_policies
+from .policies import POLICIES, Z_RULES, check_overrides, load_policy, run_info, train_policies
 
 __all__ = ["DEFAULT_RULES", "BENCHMARK_ENVS", "default_variants", "evaluate_run", "benchmark", "markdown_table"]
 
@@ -141,6 +141,9 @@ def benchmark(out: str | Path, *, envs: Sequence[str] | None = None, demos: int 
     names = list(envs or BENCHMARK_ENVS)
     for name in names:
         resolve_env(name)  # unknown names fail before any work
+    if demos is not None and int(demos) < 1:
+        raise cvae.CVAEError(f"--demos must be >= 1 expert episodes per environment, got {demos}")
+    check_overrides(cvae_overrides)
     started = time.perf_counter()
     report: dict[str, Any] = {"settings": {"epochs": epochs, "chunk": chunk, "episodes": episodes,
                                            "seeds": [int(s) for s in seeds], "seed": seed,
@@ -148,7 +151,7 @@ def benchmark(out: str | Path, *, envs: Sequence[str] | None = None, demos: int 
                               "environments": {}}
     for name in names:
         t0 = time.perf_counter()
-        n_demos = demos or BENCHMARK_ENVS.get(name, 300)
+        n_demos = int(demos) if demos is not None else BENCHMARK_ENVS.get(name, 300)
         log(f"[{name}] collecting {n_demos} expert episodes")
         d, summary = collect(name, n_demos, seed=seed, env_kwargs=env_kwargs)
         where = out / name

@@ -68,7 +68,8 @@ class BehaviourCloningCommand:
         p.add_argument("--out", type=Path, required=True, help="output file, .npz")
         p.add_argument("--seed", type=int, default=0, help="seed for the environment and the expert")
         p.add_argument("--probs", type=_floats, default=None,
-                       help="expert mode probabilities, one per mode, e.g. 0.7,0.3 (default: the environment's)")
+                       help="expert mode probabilities, one per mode, e.g. 0.7,0.3, scaled to sum to 1 "
+                            "(default: the environment's)")
         p.add_argument("--noise", type=float, default=None, help="std of the expert's action noise (default 0.1)")
         _observation_arguments(p)
 
@@ -98,7 +99,8 @@ class BehaviourCloningCommand:
 
         p = sub.add_parser("benchmark", help="all policies on all built-in environments: a comparison table")
         p.add_argument("--out", type=Path, default=Path("runs/bc-benchmark"),
-                       help="directory for demonstrations, runs, pictures, benchmark.md and benchmark.json")
+                       help="directory for demonstrations, runs, pictures, benchmark.md and benchmark.json "
+                            "(default runs/bc-benchmark; the runs of a benchmark already there are replaced)")
         p.add_argument("--envs", type=_names, default=None, help="comma-separated environments (default: all)")
         p.add_argument("--demos", type=int, default=None, help="expert episodes per environment (default: per env)")
         p.add_argument("--epochs", type=int, default=150)

@@ -106,7 +106,10 @@ class Demos:
                 raise cvae.CVAEError(f"{where}: mode_probs must be {len(self.mode_names)} non-negative numbers, one "
                                      f"per mode name")
             self.mode_probs = p / p.sum()
-        space = _env_spaces(self.env_id, self.env_kwargs) if self.env_id else None
+        try:
+            space = _env_spaces(self.env_id, self.env_kwargs) if self.env_id else None
+        except cvae.CVAEError as exc:
+            raise cvae.CVAEError(f"{where}: {exc}") from None
         if space is not None:
             obs_space, act_space = space
             if obs.shape[1:] != obs_space.shape or act.shape[1:] != act_space.shape:
@@ -127,16 +130,16 @@ class Demos:
         return self
 
 
-def _env_spaces(env_id: str, env_kwargs: dict[str, Any] | None = None) -> tuple[Any, Any] | None:
-    """Observation and action spaces of a registered gymnasium env, or None if it is not registered."""
-    import gymnasium
+def _env_spaces(env_id: str, env_kwargs: dict[str, Any] | None = None) -> tuple[Any, Any]:
+    """Observation and action spaces of a registered gymnasium env; an id that is not registered is an
+    error here, when the file is read, not after a policy has trained on it."""
+    from .evaluate import make_env
 
-    if env_id not in gymnasium.registry:
-        return None
     try:
-        env = gymnasium.make(env_id, **(env_kwargs or {}))
-    except Exception as exc:  # a bad keyword or value from a file
-        raise cvae.CVAEError(f"cannot make {env_id} with {env_kwargs}: {type(exc).__name__}: {exc}") from None
+        env = make_env(env_id, **(env_kwargs or {}))
+    except cvae.CVAEError as exc:
+        raise cvae.CVAEError(f"{exc}; install the package that registers it, or remove env_id from the file to "
+                             f"train without evaluating") from None
     try:
         return env.observation_space, env.action_space
     finally:
@@ -179,6 +182,9 @@ def load_demos(path: str | Path) -> Demos:
         with np.load(path, allow_pickle=False) as f:
             data = {k: f[k] for k in f.files}
     except Exception as exc:  # numpy raises many types for bad files
+        if "pickle" in str(exc):  # numpy's guess for bytes that are neither a zip nor a .npy array
+            raise cvae.CVAEError(f"{path} is not a readable .npz file: it is neither a zip of arrays nor a .npy "
+                                 f"array (pickled objects are never loaded)") from None
         raise cvae.CVAEError(f"{path} is not a readable .npz file ({type(exc).__name__}: {exc})") from None
     missing = [k for k in ("observations", "actions") if k not in data]
     if missing:
@@ -195,8 +201,17 @@ def load_demos(path: str | Path) -> Demos:
         if len(ids) != len(obs):  # (observations and actions are compared with each other later)
             raise cvae.CVAEError(f"{path}: {len(ids)} episode ids for {len(obs)} observations")
         id_starts = np.nonzero(np.append(True, ids[1:] != ids[:-1]))[0]
+        seen, first = np.unique(ids[id_starts], return_index=True)
+        if len(seen) < len(id_starts):  # an episode's steps must be consecutive
+            again = int(id_starts[np.setdiff1d(np.arange(len(id_starts)), first)[0]])
+            raise cvae.CVAEError(f"{path}: episode id {ids[again].item()!r} comes back at step {again} after other episodes; "
+                                 f"each episode's steps must be consecutive")
     if "episode_starts" in data:
-        starts = np.asarray(data["episode_starts"]).astype(np.int64).reshape(-1)
+        raw = np.asarray(data["episode_starts"]).reshape(-1)
+        if not (np.issubdtype(raw.dtype, np.integer) or (np.issubdtype(raw.dtype, np.floating)
+                                                         and np.isfinite(raw).all() and (raw == np.round(raw)).all())):
+            raise cvae.CVAEError(f"{path}: episode_starts must be whole step indices, got {raw[:5].tolist()}...")
+        starts = raw.astype(np.int64)
         if id_starts is not None and not np.array_equal(id_starts, starts):
             raise cvae.CVAEError(f"{path}: episode_ids and episode_starts disagree")
     elif id_starts is not None:

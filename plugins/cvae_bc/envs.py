@@ -366,7 +366,8 @@ def _mode_probs(probs: Sequence[float] | None, n: int, what: str) -> np.ndarray:
         return np.full(n, 1.0 / n)
     p = np.asarray(probs, dtype=np.float64).reshape(-1)
     if len(p) != n or not np.isfinite(p).all() or (p < 0).any() or p.sum() <= 0:
-        raise cvae.CVAEError(f"expert probabilities {list(probs)!r}: give {n} non-negative numbers, one per {what}")
+        raise cvae.CVAEError(f"expert probabilities {list(probs)!r}: give {n} non-negative numbers with a positive "
+                             f"sum, one per {what} (they are scaled to sum to 1)")
     return p / p.sum()
 
 

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import cvae
+from cvae import config as config_mod
 
 __all__ = ["Policy", "load_policy", "train_policies", "POLICIES", "Z_RULES", "MLPRegressor", "MixtureDensity",
            "run_info"]
@@ -323,6 +324,16 @@ def _cvae_config(demos_path: str, chunk: int, prior: str, epochs: int, seed: int
     return cfg
 
 
+def check_overrides(overrides: Sequence[str]) -> None:
+    """`--set` overrides of the CVAE policies' config, checked (keys, values, component names) before any
+    policy trains: a typo must not surface after the others have trained for minutes."""
+    if overrides:
+        cfg = config_mod.default_config()
+        config_mod.merge(cfg, _cvae_config("demos.npz", 4, "learned", 1, 0))
+        config_mod.apply_overrides(cfg, list(overrides))
+        config_mod.validate(cfg)
+
+
 def train_policies(demos_path: str | Path, out: str | Path, *, policies: Sequence[str] | None = None, chunk: int = 4,
                    epochs: int = 150, head_epochs: int | None = None, seed: int = 0, resume: bool = False,
                    cvae_overrides: Sequence[str] = (), progress: bool = False, log: Any = print) -> dict[str, Any]:
@@ -338,6 +349,7 @@ def train_policies(demos_path: str | Path, out: str | Path, *, policies: Sequenc
         raise cvae.CVAEError(f"unknown policies {unknown}; known: {', '.join(POLICIES)}")
     if int(epochs) < 1:
         raise cvae.CVAEError(f"epochs must be >= 1, got {epochs!r}")
+    check_overrides(cvae_overrides)
     demos_path = str(Path(demos_path).resolve())
     demos = load_demos(demos_path)
     out = Path(out)
