@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from . import config as config_mod
 from .data import ConditionInfo, DataBundle, TargetInfo, held_out_count, hold_out
 from .errors import CVAEError
 from .model import CVAE
@@ -15,9 +16,18 @@ from .plugins import get_registry
 __all__ = ["load_data", "build_model", "resolve_device"]
 
 
+def _complete(config: Mapping[str, Any], sections: tuple[str, ...]) -> dict[str, Any]:
+    """`config` with every key it leaves out at its default, its `sections` validated."""
+    cfg = config_mod.with_defaults(config)
+    config_mod.validate(cfg, sections=sections)
+    return cfg
+
+
 def load_data(config: Mapping[str, Any]) -> DataBundle:
     """The configured dataset, checked against the data contract, with its validation split held out of
-    the training split when `data.validation` asks for one."""
+    the training split when `data.validation` asks for one. A partial `config` is completed with the
+    defaults (`load_data({})` is the default digits)."""
+    config = _complete(config, ("seed", "data"))
     data_cfg = config["data"]
     spec = get_registry().get("dataset", data_cfg["name"])
     bundle = spec.build(options=data_cfg["options"], where=f"data.options (dataset {spec.name!r})")
@@ -34,7 +44,9 @@ def load_data(config: Mapping[str, Any]) -> DataBundle:
 
 
 def build_model(config: Mapping[str, Any], target: TargetInfo, condition_info: Mapping[str, ConditionInfo]) -> CVAE:
-    """A CVAE for `target` and the dataset's conditions, from the config's named components."""
+    """A CVAE for `target` and the dataset's conditions, from the config's named components (a partial
+    `config` is completed with the defaults)."""
+    config = _complete(config, ("model", "conditions"))
     registry = get_registry()
     model_cfg = config["model"]
     cond_cfg = config["conditions"]

@@ -238,10 +238,13 @@ def get(cfg: Mapping[str, Any], name: str) -> Any:
     return node
 
 
-def validate(cfg: Mapping[str, Any], registry: Any = None) -> None:
-    """Check every value's type and range and every component name; errors name the key, the bad
-    value and what is allowed."""
+def validate(cfg: Mapping[str, Any], registry: Any = None, sections: Iterable[str] | None = None) -> None:
+    """Check every value's type and range and every component name (of the keys in `sections` alone,
+    e.g. ("model", "conditions"), when given); errors name the key, the bad value and what is allowed."""
+    wanted = None if sections is None else tuple(sections)
     for key in SCHEMA:
+        if wanted is not None and key.name.split(".")[0] not in wanted:
+            continue
         try:
             value = get(cfg, key.name)
         except (KeyError, TypeError):
@@ -262,9 +265,9 @@ def validate(cfg: Mapping[str, Any], registry: Any = None) -> None:
                 registry.get(key.component, value)
             except UnknownComponentError as exc:
                 raise UnknownComponentError(f"{key.name}: {exc}") from None
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", cfg["device"]):
+    if (wanted is None or "device" in wanted) and not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", cfg["device"]):
         raise ConfigError(f"device = {cfg['device']!r}: allowed are 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'")
-    for name, entry in cfg["conditions"].items():
+    for name, entry in cfg["conditions"].items() if wanted is None or "conditions" in wanted else ():
         if not isinstance(entry, dict) or set(entry) - {"encoder", "options"}:
             raise ConfigError(f"conditions.{name}: expected a table with 'encoder' and/or 'options', got {entry!r}")
 

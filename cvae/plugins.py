@@ -50,6 +50,7 @@ class _State:
     pm: pluggy.PluginManager
     records: dict[str, PluginRecord] = field(default_factory=dict)
     failures: list[PluginFailure] = field(default_factory=list)
+    left_out: dict[str, str] = field(default_factory=dict)  # installed plugins not loaded, and the variable why
     registry: Registry | None = None
 
 
@@ -115,8 +116,10 @@ def _load_entry_points(state: _State) -> None:
         dist = ep.dist.metadata["Name"] if ep.dist is not None else "?"
         version = ep.dist.version if ep.dist is not None else "?"
         if ep.name in disabled or (only is not None and ep.name not in only):
+            state.left_out[ep.name] = "CVAE_DISABLE_PLUGINS" if ep.name in disabled else "CVAE_PLUGINS"
             continue
         if not third_party and dist != "cvae":
+            state.left_out[ep.name] = "CVAE_LOAD_THIRD_PARTY=0"
             continue
         if ep.name in state.records:
             if strict:
@@ -152,8 +155,17 @@ def get_registry() -> Registry:
     """The component registry built from every loaded plugin (rebuilt after `register_plugin`)."""
     state = _get_state()
     if state.registry is None:
-        state.registry = Registry(state.pm)
+        state.registry = Registry(state.pm, _missing_plugins(state))
     return state.registry
+
+
+def _missing_plugins(state: _State) -> str:
+    """Installed plugins whose components are absent, for the error of an unknown component name."""
+    parts = [f"plugin {f.name!r} failed to load ({f.reason})" for f in state.failures if f.distribution != "?"]
+    if state.left_out:
+        left = ", ".join(f"{n!r} ({why})" for n, why in sorted(state.left_out.items()))
+        parts.append(f"left out by the environment: {left}")
+    return "; ".join(parts) + " (see `cvae plugins`)" if parts else ""
 
 
 def register_plugin(plugin: Any, name: str | None = None) -> None:

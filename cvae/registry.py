@@ -145,7 +145,9 @@ def check_options(factory: Callable[..., Any], options: Mapping[str, Any], where
 class Registry:
     """Every component of every kind, collected once from a plugin manager."""
 
-    def __init__(self, pm: Any) -> None:
+    def __init__(self, pm: Any, missing_plugins: str = "") -> None:
+        # what an unknown name's error adds: plugins that failed to load or were left out, which may hold it
+        self.missing_plugins = missing_plugins
         self._by_kind: dict[str, dict[str, ComponentSpec]] = {}
         for kind, (hook_name, record) in KINDS.items():
             found: dict[str, ComponentSpec] = {}
@@ -175,7 +177,8 @@ class Registry:
         """The spec called `name`; an unknown name is an error that lists close matches."""
         table = self._table(kind)
         if name not in table:
-            raise UnknownComponentError(f"unknown {kind} {name!r}: {close_matches(str(name), table)}")
+            note = f"; {self.missing_plugins}" if self.missing_plugins else ""
+            raise UnknownComponentError(f"unknown {kind} {name!r}: {close_matches(str(name), table)}{note}")
         return table[name]
 
     def names(self, kind: str) -> list[str]:

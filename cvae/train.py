@@ -48,13 +48,14 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 class Trainer:
-    """Trains a CVAE from a validated config into `run_dir`.
+    """Trains a CVAE from a config (the keys it leaves out at their defaults) into `run_dir`.
 
     Writes `metrics.jsonl` (one row per epoch), `checkpoints/step-*.pt`, `config.toml`-equivalent
     `config.json`, and at the end `samples.png`, `reconstructions.png` and `eval.json`. Under torchrun each
     process trains on its shard of every batch and rank 0 alone writes (see `cvae.distributed`)."""
 
     def __init__(self, config: Mapping[str, Any], run_dir: str | Path, resume: bool = False) -> None:
+        config = config_mod.with_defaults(config)  # a partial config means the defaults for the rest
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.dist = distributed.context()

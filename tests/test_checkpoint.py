@@ -107,10 +107,16 @@ def _empty(path: Path) -> None:
     path.write_bytes(b"")
 
 
+def _random_bytes(path: Path) -> None:
+    path.write_bytes(bytes(torch.randint(0, 256, (3000,), generator=torch.Generator().manual_seed(1),
+                                         dtype=torch.uint8).tolist()))
+
+
 BAD_FILES = {
     "truncated": (_truncate, "is corrupt, truncated or not a cvae checkpoint"),
     "garbage": (_garbage, "is corrupt, truncated or not a cvae checkpoint"),
     "empty": (_empty, "is corrupt, truncated or not a cvae checkpoint"),
+    "random bytes": (_random_bytes, "is corrupt, truncated or not a cvae checkpoint"),
     "no marker": (_foreign, "is not a cvae checkpoint (no 'cvae-checkpoint' marker)"),
     "other marker": (_other_format, "is not a cvae checkpoint (no 'cvae-checkpoint' marker)"),
     "not a dict": (_not_a_dict, "is not a cvae checkpoint (no 'cvae-checkpoint' marker)"),
@@ -129,6 +135,8 @@ def test_a_bad_file_is_a_checkpoint_error(tmp_path, kind):
     assert needle in message
     assert "previous checkpoint" not in message  # there is none
     assert len(message.splitlines()) == 1
+    assert "weights_only" not in message  # torch's advice to load unsafely is never passed on
+    assert message.endswith(")")  # torch's text, if quoted, is its first sentence, not cut off mid-word
 
 
 @pytest.mark.parametrize("kind", BAD_FILES)

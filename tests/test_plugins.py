@@ -354,3 +354,22 @@ def test_bc_demos_without_a_path_is_a_one_line_error(fresh_plugins, capsys, tmp_
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert "data.options (dataset 'bc_demos'): required option 'path' is missing" in err
+
+
+def test_an_unknown_name_says_which_plugins_failed_or_were_left_out(fresh_plugins, monkeypatch):
+    monkeypatch.setenv("CVAE_DISABLE_PLUGINS", "bc")
+    fresh_plugins.reset()
+    with pytest.raises(UnknownComponentError, match=r"unknown dataset 'bc_demos': .*left out by the environment: "
+                                                     r"'bc' \(CVAE_DISABLE_PLUGINS\) \(see `cvae plugins`\)"):
+        cvae.get_registry().get("dataset", "bc_demos")
+    state = fresh_plugins._get_state()
+    state.failures.append(fresh_plugins.PluginFailure("laplace", "cvae-laplace", "ModuleNotFoundError: No module named 'x'"))
+    state.registry = None
+    with pytest.raises(UnknownComponentError, match=r"unknown likelihood 'laplace': .*plugin 'laplace' failed to load "
+                                                     r"\(ModuleNotFoundError: No module named 'x'\)"):
+        cvae.get_registry().get("likelihood", "laplace")
+    monkeypatch.delenv("CVAE_DISABLE_PLUGINS")
+    fresh_plugins.reset()
+    with pytest.raises(UnknownComponentError) as plain:
+        cvae.get_registry().get("likelihood", "nope")
+    assert "left out" not in str(plain.value) and "failed to load" not in str(plain.value)

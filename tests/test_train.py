@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+import cvae
 from cvae import ConfigError, CVAEError
 from cvae.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from cvae.data import iterate_batches
@@ -348,3 +349,20 @@ def test_cli_resumes_a_run_saved_before_a_key_existed(tiny_config, tmp_path, cap
     torch.save(state, path)
     assert main(["train", "--out", str(tmp_path / "run"), "--resume", "--set", "train.epochs=2"]) == 0, capsys.readouterr().err
     assert len(rows(tmp_path / "run")) == 2
+
+
+def test_the_low_level_pieces_take_a_partial_config(tiny, tmp_path):
+    """load_data, build_model and Trainer complete a partial config with the defaults, as cvae.train does."""
+    data = cvae.load_data({"data": {"name": "tiny"}})
+    assert (len(data.train), len(data.test)) == (192, 64)
+    model = cvae.build_model({"model": {"latent_dim": 3, "architecture_options": {"hidden": [8]}}}, data.target,
+                             data.conditions)
+    assert model.latent_dim == 3
+    trainer = Trainer({"data": {"name": "tiny", "batch_size": 96}, "device": "cpu",
+                       "train": {"epochs": 1, "progress": False}, "eval": {"at_end": False}}, tmp_path / "run")
+    assert trainer.fit()["epoch"] == 1 and trainer.step == 2
+    assert trainer.config["model"]["latent_dim"] == 16  # the default, written to config.json
+    with pytest.raises(ConfigError, match=r"unknown config key 'data.nme': did you mean 'data.name'"):
+        cvae.load_data({"data": {"nme": "tiny"}})
+    with pytest.raises(ConfigError, match=r"model.latent_dim = 0: must be > 0"):
+        cvae.build_model({"model": {"latent_dim": 0}}, data.target, data.conditions)
