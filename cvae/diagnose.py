@@ -416,10 +416,13 @@ def judge(figures: Mapping[str, Any], run: Mapping[str, Any] | None = None) -> D
                       f"train.schedule_options.target_kl=N (now {_fmt(kl)} nats)")
     overfit = "best_elbo" in f and f["best_elbo"] - f["last_elbo"] > RULES["overfit_nats"]
     if overfit and verdict in ("healthy", "posterior collapse"):  # with too high a KL the ELBO falls as the KL grows
-        evidence.append(f"the held-out ELBO peaked at epoch {f['best_elbo_epoch']} ({f['best_elbo']:.2f}) and ended at "
-                        f"{f['last_elbo']:.2f}: the model overfits")
+        split = f.get("history_split", "test")
+        evidence.append(f"the held-out ({split}) ELBO peaked at epoch {f['best_elbo_epoch']} ({f['best_elbo']:.2f}) and "
+                        f"ended at {f['last_elbo']:.2f}: the model overfits")
+        honest = ("" if split == "validation" else "; that epoch was picked on the test split: add --set "
+                  "data.validation=0.1 to pick it on a validation split and keep the test figures unbiased")
         advice.append(f"stop near epoch {f['best_elbo_epoch']} (--set train.epochs={f['best_elbo_epoch']}) or raise "
-                      f"train.weight_decay")
+                      f"train.weight_decay{honest}")
     return Diagnosis(verdict, evidence, advice, f)
 
 

@@ -183,6 +183,13 @@ def test_advice_follows_the_measurements():
 def test_overfitting_is_reported_with_the_best_epoch():
     d = judge({**HEALTHY, "best_elbo": -80.0, "best_elbo_epoch": 37, "last_elbo": -85.0}, {"beta": 1.0})
     assert d.verdict == "healthy" and any("--set train.epochs=37" in a for a in d.advice)
+    # picked on the test split, the advice says how to pick it on a validation split instead; picked there, not
+    assert any("picked on the test split: add --set data.validation=0.1" in a for a in d.advice)
+    assert any("held-out (test) ELBO peaked at epoch 37" in e for e in d.evidence)
+    v = judge({**HEALTHY, "best_elbo": -80.0, "best_elbo_epoch": 37, "last_elbo": -85.0,
+               "history_split": "validation"}, {"beta": 1.0})
+    assert any("--set train.epochs=37" in a and "data.validation" not in a for a in v.advice)
+    assert any("held-out (validation) ELBO peaked" in e for e in v.evidence)
 
 
 # -- the rate-distortion estimate ---------------------------------------------------------------------------------
