@@ -140,7 +140,9 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
 def _unusable(path: Path, exc: Exception) -> CheckpointError:
     first = next(iter(str(exc).splitlines()), "")  # an empty file gives an error without a message
     # torch's own text: its first sentence only, and never its advice to load with weights_only=False
-    first = "" if "weights_only" in first else first.split(". ")[0][:160].rstrip(" .;")
+    first = "" if "weights_only" in first else first.split(". ")[0].rstrip(" .;")
+    if len(first) > 160:
+        first = first[:160].rsplit(" ", 1)[0] + "..."
     return CheckpointError(f"checkpoint {path} is corrupt, truncated or not a cvae checkpoint "
                            f"({type(exc).__name__}{': ' + first if first else ''}){_fallback(path)}")
 

@@ -135,21 +135,20 @@ class TensorData(Dataset):
 
 
 class Rows(TensorData):
-    """Rows `index` of an in-memory split, batched by the split's own `batch` (so a split that builds its
+    """Rows `index` of an in-memory split: `y` and `conditions` hold those rows, as in any TensorData, and
+    items and batches come from the split's own `__getitem__` and `batch` (so a split that builds its
     batches from another, like a completion split, keeps doing so)."""
 
     def __init__(self, base: TensorData, index: torch.Tensor) -> None:
         self.base, self.index = base, index.to(base.y.device)
-
-    @property
-    def y(self) -> torch.Tensor:  # read by iterate_batches for the device only
-        return self.base.y
+        self.y = base.y[self.index]
+        self.conditions = {k: v[self.index] for k, v in base.conditions.items()}
 
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitem__(self, i: int) -> Batch:
-        return self.base[int(self.index[i])]
+    def __getitem__(self, i: int | slice | torch.Tensor) -> Batch:
+        return self.base[self.index[i]]
 
     def batch(self, index: torch.Tensor) -> Batch:
         return self.base.batch(self.index[index])
@@ -208,7 +207,10 @@ def iterate_batches(data: Dataset, batch_size: int, *, shuffle: bool = False, ge
             conds, y = data.batch(idx.to(data.y.device))
             yield {k: v.to(device, non_blocking=True) for k, v in conds.items()}, y.to(device, non_blocking=True)
         return
-    loader = DataLoader(data, batch_sampler=[idx.tolist() for idx in batches], num_workers=0)
+    # a generator of its own: a DataLoader's iterator otherwise draws its base seed from the global random
+    # state, and a run resumed mid-epoch would draw different noise from then on
+    loader = DataLoader(data, batch_sampler=[idx.tolist() for idx in batches], num_workers=0,
+                        generator=torch.Generator().manual_seed(0))
     for conds, y in loader:
         yield {k: v.to(device) for k, v in conds.items()}, y.to(device)
 

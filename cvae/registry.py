@@ -125,21 +125,17 @@ def check_options(factory: Callable[..., Any], options: Mapping[str, Any], where
     except (TypeError, ValueError):  # builtins without a signature: let the call decide
         return
     taken = set(fixed) | set(list(params)[:positional])
-    required = [n for n, p in params.items() if p.default is p.empty and n not in taken and n != "self"
-                and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and n not in options]
+    named = {n: p for n, p in params.items()
+             if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and n not in taken and n != "self"}
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        for key in options:  # a misspelt option first: its "did you mean" says more than "missing"
+            if key not in named:
+                raise ConfigError(f"{where}: unknown option {key!r}; {close_matches(key, sorted(named))}")
+    required = [n for n, p in named.items() if p.default is p.empty and n not in options]
     if required:
         key = where.split(" ")[0]
         hint = f"; set it, for example --set {key}.{required[0]}=..." if "." in key else ""
         raise ConfigError(f"{where}: required option {', '.join(map(repr, required))} is missing{hint}")
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    allowed = sorted(
-        n for n, p in params.items()
-        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and n not in taken and n != "self"
-    )
-    for key in options:
-        if key not in allowed:
-            raise ConfigError(f"{where}: unknown option {key!r}; {close_matches(key, allowed)}")
 
 
 class Registry:

@@ -48,23 +48,29 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 class Trainer:
-    """Trains a CVAE from a config (the keys it leaves out at their defaults) into `run_dir`.
+    """Trains a CVAE from a config into `run_dir`; the keys a config leaves out are at their defaults, or, on
+    a resume, at the run's own values.
 
     Writes `metrics.jsonl` (one row per epoch), `checkpoints/step-*.pt`, `config.toml`-equivalent
     `config.json`, and at the end `samples.png`, `reconstructions.png` and `eval.json`. Under torchrun each
     process trains on its shard of every batch and rank 0 alone writes (see `cvae.distributed`)."""
 
     def __init__(self, config: Mapping[str, Any], run_dir: str | Path, resume: bool = False) -> None:
-        config = config_mod.with_defaults(config)  # a partial config means the defaults for the rest
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.dist = distributed.context()
         state = None
-        if resume:
+        if resume:  # the keys a partial config leaves out keep the run's own values
             saved, state = _resumable(self.run_dir)
-            config = _merge_resumed(saved, config)
+            given = None
+            if config is not None:
+                given = config_mod.with_defaults(saved)
+                config_mod.merge(given, config)
+            config = _merge_resumed(saved, given)
         elif self.ckpt_dir.is_dir() and any(self.ckpt_dir.iterdir()):
             raise CVAEError(f"{self.run_dir} already holds a run; pass --resume to continue it or choose another --out")
+        else:  # the keys a partial config leaves out are at their defaults
+            config = config_mod.with_defaults(config or {})
         self.config = copy.deepcopy(dict(config))
         config_mod.validate(self.config)
         if self.config["model"]["prior"] == "fitted_mixture":
@@ -206,7 +212,10 @@ class Trainer:
             # a Ctrl-C stops between two steps: the position is exact (a second one stops at once, and the last
             # checkpoint stands). Other processes may be anywhere: rank 0 saves its own view
             if not self.stopped_at_once:
-                self.save(gather=not self.dist.distributed)
+                try:
+                    self.save(gather=not self.dist.distributed)
+                except KeyboardInterrupt:  # pressed again while saving: the write is atomic, the last checkpoint stands
+                    self.stopped_at_once = True
             call_hook("cvae_fit_error", trainer=self, error=exc)
             raise
         except Exception as exc:
@@ -225,8 +234,10 @@ class Trainer:
     def _stop_between_steps(self) -> Any:
         """While training, Ctrl-C (SIGINT) asks to stop after the step under way, so that the saved state is
         one a resume continues exactly; a second Ctrl-C stops at once. Only a single process's main thread
-        can take signals (under torchrun the ranks must stop together, as before)."""
-        if self.dist.distributed or threading.current_thread() is not threading.main_thread():
+        can take signals (under torchrun a Ctrl-C stops every rank at once, as before), and a SIGINT that the
+        process ignores (a background job of a script) or that Python does not handle stays as it is."""
+        if self.dist.distributed or threading.current_thread() is not threading.main_thread() \
+                or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
             yield
             return
 

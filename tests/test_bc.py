@@ -381,3 +381,37 @@ def test_benchmark_targets_on_the_two_route_fields(tmp_path):
     assert uneven["cvae_learned/step"]["tv_to_expert"] <= 0.05
     assert min(uneven["mse"]["mode_hist"].values()) == 0
     assert (tmp_path / "benchmark.md").exists() and (tmp_path / "obstacle2" / "rollouts.png").exists()
+
+
+def test_a_bad_keyword_for_a_known_environment_is_not_called_unknown(tmp_path):
+    path = _write(tmp_path / "kw.npz", observations=np.zeros((3, 4)), actions=np.zeros((3, 2)), episode_starts=[0],
+                  env_id=np.array(ENV_IDS["obstacle"]), env_kwargs=np.array('{"bogus": 1}'))
+    with pytest.raises(cvae.CVAEError) as info:
+        cvae_bc.load_demos(path)
+    assert "cannot make environment" in str(info.value) and "bogus" in str(info.value)
+    assert "install the package" not in str(info.value)
+    objects = tmp_path / "objects.npz"
+    np.savez(objects, observations=np.zeros((3, 4)), actions=np.zeros((3, 2)), episode_starts=[0],
+             extra=np.array([object()], dtype=object))
+    with pytest.raises(cvae.CVAEError, match="Object arrays cannot be loaded"):  # a real .npz: numpy's own words
+        cvae_bc.load_demos(objects)
+
+
+def test_heads_and_cvae_policies_train_on_the_same_examples(tmp_path, demos_file, monkeypatch):
+    """With another seed and a validation split, the heads see what the CVAE policies see."""
+    import cvae_bc.policies as policies
+
+    seen = {}
+    real_fit_head = policies.fit_head
+
+    def spy(head, data, **kwargs):
+        seen["head"] = (len(data.train), len(data.test))
+        return real_fit_head(head, data, **kwargs)
+
+    monkeypatch.setattr(policies, "fit_head", spy)
+    cvae_bc.train_policies(demos_file, tmp_path / "run", policies=["mse", "cvae_learned"], chunk=3, epochs=1, seed=1,
+                           cvae_overrides=["data.validation=20"], log=lambda s: None)
+    run = cvae.load_run(tmp_path / "run" / "cvae_learned")
+    data = cvae.load_data(run.config)
+    assert run.config["data"]["options"]["seed"] == 1 and len(data.validation) == 20
+    assert seen["head"] == (len(data.train), len(data.test))

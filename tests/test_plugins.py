@@ -373,3 +373,9 @@ def test_an_unknown_name_says_which_plugins_failed_or_were_left_out(fresh_plugin
     with pytest.raises(UnknownComponentError) as plain:
         cvae.get_registry().get("likelihood", "nope")
     assert "left out" not in str(plain.value) and "failed to load" not in str(plain.value)
+
+
+def test_a_misspelt_required_option_is_named_as_unknown_with_its_match(fresh_plugins):
+    spec = cvae.DatasetSpec("needs_path", lambda path, size=8: None, "a dataset that needs a file")
+    with pytest.raises(cvae.ConfigError, match=r"unknown option 'pth'; did you mean 'path'"):
+        spec.build(options={"pth": "x"}, where="data.options (dataset 'needs_path')")

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import signal
+import types
 
 import numpy as np
 import pytest
@@ -362,7 +363,66 @@ def test_the_low_level_pieces_take_a_partial_config(tiny, tmp_path):
                        "train": {"epochs": 1, "progress": False}, "eval": {"at_end": False}}, tmp_path / "run")
     assert trainer.fit()["epoch"] == 1 and trainer.step == 2
     assert trainer.config["model"]["latent_dim"] == 16  # the default, written to config.json
+    resumed = Trainer({"train": {"epochs": 2}}, tmp_path / "run", resume=True)  # the rest: the run's own values
+    assert resumed.fit()["epoch"] == 2 and resumed.config["data"]["batch_size"] == 96 and resumed.step == 4
     with pytest.raises(ConfigError, match=r"unknown config key 'data.nme': did you mean 'data.name'"):
         cvae.load_data({"data": {"nme": "tiny"}})
     with pytest.raises(ConfigError, match=r"model.latent_dim = 0: must be > 0"):
         cvae.build_model({"model": {"latent_dim": 0}}, data.target, data.conditions)
+
+
+def test_a_split_read_item_by_item_resumes_exactly_mid_epoch(tiny, lifecycle_plugin, tmp_path):
+    """A dataset that is not held in memory goes through a DataLoader, whose iterator must not draw from the
+    global random state: else a run resumed mid-epoch draws other noise from then on."""
+    from conftest import TINY_SETTINGS, load_tiny
+
+    class Items(torch.utils.data.Dataset):
+        def __init__(self, split):
+            self.split = split
+
+        def __len__(self):
+            return len(self.split)
+
+        def __getitem__(self, i):
+            return self.split[i]
+
+    def load_lazy():
+        bundle = load_tiny()
+        bundle.train, bundle.test = Items(bundle.train), Items(bundle.test)
+        return bundle
+
+    plugin = types.ModuleType("lazy_plugin")
+    plugin.cvae_datasets = cvae.hookimpl(lambda: [cvae.DatasetSpec("tiny_lazy", load_lazy, "tiny, item by item")])
+    cvae.register_plugin(plugin)
+    from cvae import config as config_mod
+
+    cfg = config_mod.load_config(None, [*TINY_SETTINGS, 'data.name="tiny_lazy"', "train.epochs=2",
+                                        "data.validation=32"])
+    whole, _ = fit(cfg, tmp_path / "whole")
+    armed = [True]
+
+    def cvae_step_end(trainer, step, losses):
+        if armed[0] and step == 3:
+            armed[0] = False
+            raise KeyboardInterrupt
+
+    lifecycle_plugin("interrupter", cvae_step_end=cvae_step_end)
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, tmp_path / "cut")
+    resumed, _ = fit(cfg, tmp_path / "cut", resume=True)
+    assert resumed.step == whole.step == 10  # ceil(160 / 32) batches per epoch
+    assert_same_parameters(whole.model.state_dict(), resumed.model.state_dict())
+    assert untimed(rows(tmp_path / "whole")) == untimed(rows(tmp_path / "cut"))
+
+
+def test_an_ignored_sigint_stays_ignored(tiny_config, lifecycle_plugin, tmp_path):
+    """A background job of a script starts with SIGINT ignored: the trainer must not make it stoppable."""
+    lifecycle_plugin("interrupter", cvae_step_end=lambda trainer, step, losses:
+                     os.kill(os.getpid(), signal.SIGINT) if step == 2 else None)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        trainer, metrics = fit(tiny_config("eval.at_end=false"), tmp_path / "run")
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert trainer.step == 12 and metrics["epoch"] == 2 and not trainer.stop_requested

@@ -52,6 +52,11 @@ def test_held_out_rows_are_disjoint_cover_the_split_and_follow_the_seed(tiny):
     conds, y = held[0]  # item access and moving to a device go through the wrapped split
     assert torch.equal(y, data[int(held.index[0])][1]) and conds["label"] == data[int(held.index[0])][0]["label"]
     assert torch.equal(_rows_of(held.to("cpu")), _rows_of(held))
+    # a TensorData like any other: its own rows in y and conditions, slices and index tensors as items
+    assert len(stay.y) == len(stay) == 152 and torch.equal(stay.y, data.y[stay.index])
+    assert torch.equal(stay.conditions["label"], data.conditions["label"][stay.index])
+    conds, y = stay[:8]
+    assert torch.equal(y, data.y[stay.index[:8]]) and torch.equal(conds["label"], data.conditions["label"][stay.index[:8]])
 
 
 def test_a_split_read_item_by_item_is_held_out_too():

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import json
+import zipfile
 
 import numpy as np
 import torch
@@ -133,13 +134,17 @@ class Demos:
 def _env_spaces(env_id: str, env_kwargs: dict[str, Any] | None = None) -> tuple[Any, Any]:
     """Observation and action spaces of a registered gymnasium env; an id that is not registered is an
     error here, when the file is read, not after a policy has trained on it."""
+    import gymnasium
+
     from .evaluate import make_env
 
     try:
         env = make_env(env_id, **(env_kwargs or {}))
     except cvae.CVAEError as exc:
-        raise cvae.CVAEError(f"{exc}; install the package that registers it, or remove env_id from the file to "
-                             f"train without evaluating") from None
+        unknown = env_id not in gymnasium.registry  # (make_env has registered the cvae environments)
+        hint = ("; install the package that registers it, or remove env_id from the file to train without "
+                "evaluating") if unknown else ""
+        raise cvae.CVAEError(f"{exc}{hint}") from None
     try:
         return env.observation_space, env.action_space
     finally:
@@ -182,7 +187,7 @@ def load_demos(path: str | Path) -> Demos:
         with np.load(path, allow_pickle=False) as f:
             data = {k: f[k] for k in f.files}
     except Exception as exc:  # numpy raises many types for bad files
-        if "pickle" in str(exc):  # numpy's guess for bytes that are neither a zip nor a .npy array
+        if not zipfile.is_zipfile(path) and "pickle" in str(exc):  # numpy's guess for bytes of no format it knows
             raise cvae.CVAEError(f"{path} is not a readable .npz file: it is neither a zip of arrays nor a .npy "
                                  f"array (pickled objects are never loaded)") from None
         raise cvae.CVAEError(f"{path} is not a readable .npz file ({type(exc).__name__}: {exc})") from None

@@ -315,7 +315,9 @@ def _cvae_config(demos_path: str, chunk: int, prior: str, epochs: int, seed: int
     cfg = json.loads(json.dumps(CVAE_CONFIG))
     cfg["seed"] = int(seed)
     cfg["device"] = "cpu"
-    cfg["data"]["options"] = {"path": demos_path, "chunk": int(chunk)}
+    # the episodes held out by `seed`, as for the heads (0, the dataset's default, is left out: runs made before
+    # the seed was passed on record no seed, and still resume)
+    cfg["data"]["options"] = {"path": demos_path, "chunk": int(chunk), **({"seed": int(seed)} if seed else {})}
     cfg["model"]["prior"] = prior
     if prior == "standard":
         cfg["model"]["prior_options"] = {}
@@ -324,14 +326,19 @@ def _cvae_config(demos_path: str, chunk: int, prior: str, epochs: int, seed: int
     return cfg
 
 
+def _full_config(partial: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    cfg = config_mod.default_config()
+    config_mod.merge(cfg, partial)
+    config_mod.apply_overrides(cfg, list(overrides))
+    config_mod.validate(cfg)
+    return cfg
+
+
 def check_overrides(overrides: Sequence[str]) -> None:
     """`--set` overrides of the CVAE policies' config, checked (keys, values, component names) before any
     policy trains: a typo must not surface after the others have trained for minutes."""
     if overrides:
-        cfg = config_mod.default_config()
-        config_mod.merge(cfg, _cvae_config("demos.npz", 4, "learned", 1, 0))
-        config_mod.apply_overrides(cfg, list(overrides))
-        config_mod.validate(cfg)
+        _full_config(_cvae_config("demos.npz", 4, "learned", 1, 0), overrides)
 
 
 def train_policies(demos_path: str | Path, out: str | Path, *, policies: Sequence[str] | None = None, chunk: int = 4,
@@ -375,8 +382,8 @@ def train_policies(demos_path: str | Path, out: str | Path, *, policies: Sequenc
             raise cvae.CVAEError(f"{out} was trained on {old['demos']} with chunk {old['chunk']}; a resume must use "
                                  f"the same demonstrations and chunk")
         info["policies"] = old["policies"]
-    bundle = cvae.get_registry().get("dataset", "bc_demos").build(
-        options={"path": demos_path, "chunk": int(chunk), "seed": int(seed)}, where="bc_demos")
+    # the heads' data as the CVAEs see it: the same episodes held out, and the same validation split if any
+    bundle = cvae.load_data(_full_config(_cvae_config(demos_path, chunk, "learned", epochs, seed), cvae_overrides))
     head_epochs = int(head_epochs or epochs)
     results: dict[str, Any] = {}
     for name in names:
