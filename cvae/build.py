@@ -37,7 +37,7 @@ def load_data(config: Mapping[str, Any]) -> DataBundle:
     if len(bundle.train) == 0 or len(bundle.test) == 0:
         raise CVAEError(f"dataset {spec.name!r} has an empty split: {len(bundle.train)} training and "
                         f"{len(bundle.test)} test examples")
-    count = held_out_count(len(bundle.train), data_cfg.get("validation", 0))
+    count = held_out_count(len(bundle.train), data_cfg["validation"])
     if count:
         bundle.train, bundle.validation = hold_out(bundle.train, count, config["seed"])
     return bundle

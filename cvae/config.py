@@ -17,7 +17,7 @@ from typing import Any
 
 from .errors import ConfigError, UnknownComponentError, close_matches
 
-__all__ = ["Key", "SCHEMA", "default_config", "load_config", "merge", "apply_overrides", "validate", "describe_keys",
+__all__ = ["Key", "SCHEMA", "default_config", "from_dict", "load_config", "merge", "apply_overrides", "validate", "describe_keys",
            "with_defaults"]
 
 
@@ -177,6 +177,15 @@ def merge(cfg: dict[str, Any], updates: Mapping[str, Any]) -> None:
     for name, value in _flatten(updates):
         key, rest = _key_for(name)
         _set(cfg, key.name.split(".") + rest, value)
+
+
+def from_dict(partial: Mapping[str, Any] | None = None, overrides: Iterable[str] = ()) -> dict[str, Any]:
+    """Defaults, then a (partial) config dict, then `key=value` overrides; validated."""
+    cfg = default_config()
+    merge(cfg, partial or {})
+    apply_overrides(cfg, overrides)
+    validate(cfg)
+    return cfg
 
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> dict[str, Any]:

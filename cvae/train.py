@@ -443,9 +443,4 @@ def _changed(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
 def train(config: Mapping[str, Any] | None = None, out: str | Path = "runs/default", resume: bool = False,
           overrides: list[str] | None = None) -> dict[str, Any]:
     """Train from a (partial) config dict plus `key=value` overrides; the Python twin of `cvae train`."""
-    cfg = config_mod.default_config()
-    if config:
-        config_mod.merge(cfg, config)
-    config_mod.apply_overrides(cfg, overrides or [])
-    config_mod.validate(cfg)
-    return Trainer(cfg, out, resume=resume).fit()
+    return Trainer(config_mod.from_dict(config, overrides or []), out, resume=resume).fit()

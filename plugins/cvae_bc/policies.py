@@ -326,19 +326,11 @@ def _cvae_config(demos_path: str, chunk: int, prior: str, epochs: int, seed: int
     return cfg
 
 
-def _full_config(partial: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    cfg = config_mod.default_config()
-    config_mod.merge(cfg, partial)
-    config_mod.apply_overrides(cfg, list(overrides))
-    config_mod.validate(cfg)
-    return cfg
-
-
 def check_overrides(overrides: Sequence[str]) -> None:
     """`--set` overrides of the CVAE policies' config, checked (keys, values, component names) before any
     policy trains: a typo must not surface after the others have trained for minutes."""
     if overrides:
-        _full_config(_cvae_config("demos.npz", 4, "learned", 1, 0), overrides)
+        config_mod.from_dict(_cvae_config("demos.npz", 4, "learned", 1, 0), overrides)
 
 
 def train_policies(demos_path: str | Path, out: str | Path, *, policies: Sequence[str] | None = None, chunk: int = 4,
@@ -383,7 +375,8 @@ def train_policies(demos_path: str | Path, out: str | Path, *, policies: Sequenc
                                  f"the same demonstrations and chunk")
         info["policies"] = old["policies"]
     # the heads' data as the CVAEs see it: the same episodes held out, and the same validation split if any
-    bundle = cvae.load_data(_full_config(_cvae_config(demos_path, chunk, "learned", epochs, seed), cvae_overrides))
+    bundle = cvae.load_data(config_mod.from_dict(_cvae_config(demos_path, chunk, "learned", epochs, seed),
+                                                cvae_overrides))
     head_epochs = int(head_epochs or epochs)
     results: dict[str, Any] = {}
     for name in names:
