@@ -3,7 +3,8 @@
 A checkpoint is a `torch.save` of plain containers and tensors, loaded with `weights_only=True`, so a
 file from an untrusted source cannot run code. It holds the model, optimiser and schedule state, the
 RNG state, the position in training (epoch, batch within the epoch, step, and the running loss sums of
-an unfinished epoch) and the resolved config.
+an unfinished epoch) and the resolved config. `best.pt` (with `train.keep_best`) holds the same minus the
+optimiser state: the epoch of the highest validation ELBO, which resumes never read.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from .errors import CheckpointError
 
 __all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "list_checkpoints", "latest_checkpoint", "checkpoint_path",
-           "atomic_write", "remove_temporaries"]
+           "best_path", "save_best", "atomic_write", "remove_temporaries"]
 
 FORMAT = "cvae-checkpoint"
 VERSION = 1
@@ -95,6 +96,19 @@ def save_checkpoint(directory: Path, state: dict[str, Any], keep: int = 2) -> Pa
     return path
 
 
+def best_path(directory: Path) -> Path:
+    """Where `train.keep_best` keeps the epoch of the highest validation ELBO."""
+    return Path(directory) / "best.pt"
+
+
+def save_best(directory: Path, state: dict[str, Any]) -> Path:
+    """Write `state` without its optimiser state (a resume never starts from it) as `best.pt`."""
+    path = best_path(directory)
+    kept = {k: v for k, v in state.items() if k not in ("optimizer", "rng_ranks")}
+    atomic_write(path, lambda f: torch.save({"format": FORMAT, "version": VERSION, **kept}, f))
+    return path
+
+
 def list_checkpoints(directory: Path) -> list[Path]:
     """Checkpoints in `directory`, oldest first."""
     directory = Path(directory)
@@ -148,6 +162,8 @@ def _unusable(path: Path, exc: Exception) -> CheckpointError:
 
 
 def _fallback(path: Path) -> str:
+    if path.name == best_path(path.parent).name:
+        return "; move it away and the run's commands open its newest checkpoint instead"
     older = [p for p in list_checkpoints(path.parent) if p.name < path.name]
     if older:
         return f"; the previous checkpoint {older[-1]} is kept: move {path.name} away to resume from it"

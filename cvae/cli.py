@@ -57,6 +57,8 @@ def _parser() -> tuple[argparse.ArgumentParser, Any]:
     p.add_argument("--temperature", type=float, default=None,
                    help="scale of the prior's noise for the samples that metrics judge (default: the run's "
                         "eval.temperature, normally 1); the figure is recorded as sample_temperature")
+    p.add_argument("--last", action="store_true", help="evaluate the newest checkpoint, not the epoch that "
+                   "train.keep_best kept (checkpoints/best.pt)")
     p.add_argument("--device", default="auto")
 
     p = sub.add_parser("doctor", help="diagnose the KL of a trained run: healthy, posterior collapse, KL too high or "
@@ -143,7 +145,8 @@ def _train(args: argparse.Namespace) -> int:
         check_fittable(trainer.model, trainer.data, trainer.device)
     where = "resuming at" if args.resume else "starting"
     epochs = trainer.config["train"]["epochs"]
-    position = f"epoch {trainer.epoch + 1}/{epochs}" if trainer.epoch < epochs else f"the end of epoch {epochs}/{epochs}"
+    position = (f"the end of epoch {trainer.epoch}/{epochs}, where train.patience stopped it" if trainer.stopped_early
+                else f"epoch {trainer.epoch + 1}/{epochs}" if trainer.epoch < epochs else f"the end of epoch {epochs}/{epochs}")
     ranks = f" (rank {trainer.dist.rank} of {trainer.dist.world_size})" if trainer.dist.distributed else ""
     print(f"cvae train: {where} {position} of {trainer.config['data']['name']} on {trainer.device}{ranks} -> {out}",
           file=sys.stderr)
@@ -162,7 +165,12 @@ def _train(args: argparse.Namespace) -> int:
         return 0
     elbo = next((f": {name} ELBO {metrics[key]:.2f} nats" for key, name in (("val_elbo", "validation"), ("test_elbo", "test"))
                  if key in metrics), "")
-    print(f"trained {trainer.epoch} epochs ({trainer.step} steps){elbo}")
+    early = (f", stopped early: val_elbo had not risen for {trainer.config['train']['patience']} epochs"
+             if trainer.stopped_early else "")
+    print(f"trained {trainer.epoch} epochs ({trainer.step} steps){elbo}{early}")
+    if "best_epoch" in metrics:
+        print(f"kept epoch {metrics['best_epoch']} (validation ELBO {metrics['best_val_elbo']:.2f} nats, the highest) in "
+              f"{out / 'checkpoints' / 'best.pt'}: the pictures, the evaluation and the run's commands use it")
     if "eval" in metrics:
         print(_format_eval(metrics["eval"]))
     written = sorted(f"{p.name}/" if p.is_dir() else p.name for p in out.iterdir() if not p.name.startswith("."))
@@ -279,7 +287,7 @@ def _eval(args: argparse.Namespace) -> int:
     from .build import load_data
     from .runs import load_run
 
-    run = load_run(args.run_dir, args.device)
+    run = load_run(args.run_dir, args.device, last=args.last)
     results = _evaluate_run(run, load_data(run.config), args.iwae_samples, args.temperature)
     print(json.dumps(results, indent=2) if args.json else _format_eval(results))
     return 0

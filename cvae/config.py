@@ -104,6 +104,11 @@ SCHEMA: tuple[Key, ...] = (
     Key("train.checkpoint_steps", 0, "also write a checkpoint every this many steps, within epochs (0: only at the "
         "ends of epochs); a killed run loses at most this many steps", int, check=_non_negative, check_doc=">= 0"),
     Key("train.keep_checkpoints", 2, "how many recent checkpoints to keep", int, check=_positive, check_doc="> 0"),
+    Key("train.keep_best", False, "also keep the epoch of the highest val_elbo as checkpoints/best.pt: the run's "
+        "pictures and eval.json, and every command that opens the run, then use that epoch (needs data.validation)",
+        bool),
+    Key("train.patience", 0, "stop training once val_elbo has not risen for this many epochs (0: never; needs "
+        "data.validation)", int, check=_non_negative, check_doc=">= 0"),
     Key("train.progress", True, "show a progress bar", bool),
     Key("eval.at_end", True, "evaluate on the test split when training ends and write eval.json", bool),
     Key("eval.iwae_samples", 100, "importance samples per example for the IWAE log-likelihood", int,
@@ -276,6 +281,11 @@ def validate(cfg: Mapping[str, Any], registry: Any = None, sections: Iterable[st
                 raise UnknownComponentError(f"{key.name}: {exc}") from None
     if (wanted is None or "device" in wanted) and not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", cfg["device"]):
         raise ConfigError(f"device = {cfg['device']!r}: allowed are 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'")
+    if wanted is None or {"data", "train"} <= set(wanted):
+        needs = [k for k in ("train.keep_best", "train.patience") if get(cfg, k)]
+        if needs and not get(cfg, "data.validation"):
+            raise ConfigError(f"{' and '.join(needs)} {'pick' if len(needs) > 1 else 'picks'} epochs by the validation ELBO, and this run has no "
+                              f"validation split: add --set data.validation=0.1 (a fraction, or a count of examples)")
     for name, entry in cfg["conditions"].items() if wanted is None or "conditions" in wanted else ():
         if not isinstance(entry, dict) or set(entry) - {"encoder", "options"}:
             raise ConfigError(f"conditions.{name}: expected a table with 'encoder' and/or 'options', got {entry!r}")

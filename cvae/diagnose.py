@@ -419,8 +419,10 @@ def judge(figures: Mapping[str, Any], run: Mapping[str, Any] | None = None) -> D
         split = f.get("history_split", "test")
         evidence.append(f"the held-out ({split}) ELBO peaked at epoch {f['best_elbo_epoch']} ({f['best_elbo']:.2f}) and "
                         f"ended at {f['last_elbo']:.2f}: the model overfits")
-        honest = ("" if split == "validation" else "; that epoch was picked on the test split: add --set "
-                  "data.validation=0.1 to pick it on a validation split and keep the test figures unbiased")
+        honest = ("; or let training keep that epoch and stop by itself: --set train.keep_best=true --set "
+                  "train.patience=5" if split == "validation" else "; that epoch was picked on the test split: add --set "
+                  "data.validation=0.1 to pick it on a validation split and keep the test figures unbiased (then "
+                  "train.keep_best and train.patience pick and stop for you)")
         advice.append(f"stop near epoch {f['best_elbo_epoch']} (--set train.epochs={f['best_elbo_epoch']}) or raise "
                       f"train.weight_decay{honest}")
     return Diagnosis(verdict, evidence, advice, f)
@@ -459,7 +461,8 @@ def _read_history(path: Path) -> list[dict[str, Any]]:
 
 
 def diagnose_run(run_dir: str | Path, device: str = "auto") -> Diagnosis:
-    """`cvae doctor RUN_DIR`: the run's newest checkpoint, measured on its held-out split."""
+    """`cvae doctor RUN_DIR`: the run as `load_run` opens it (the epoch train.keep_best kept, else the newest
+    checkpoint), measured on its held-out split."""
     from .build import load_data
     from .runs import load_run
 

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from .build import build_model, resolve_device
-from .checkpoint import latest_checkpoint, load_checkpoint
+from .checkpoint import best_path, latest_checkpoint, load_checkpoint
 from .config import with_defaults
 from .data import ConditionInfo, TargetInfo
 from .errors import CheckpointError, CVAEError
@@ -30,12 +30,14 @@ class Run:
     derived_from: Path | None = None  # the trained run whose encoder and decoder this one reuses (`cvae fit-prior`)
 
 
-def load_run(run_dir: str | Path, device: str = "auto") -> Run:
-    """The model of a run directory at its newest checkpoint, in eval mode."""
+def load_run(run_dir: str | Path, device: str = "auto", last: bool = False) -> Run:
+    """The model of a run directory, in eval mode: at the epoch `train.keep_best` kept (checkpoints/best.pt)
+    if it kept one, else (or with `last`) at its newest checkpoint."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CVAEError(f"run directory {run_dir} does not exist (it is the --out of `cvae train`)")
-    path = latest_checkpoint(run_dir / "checkpoints")
+    best = best_path(run_dir / "checkpoints")
+    path = best if best.is_file() and not last else latest_checkpoint(run_dir / "checkpoints")
     dev = resolve_device(device)
     state = load_checkpoint(path, map_location=dev)
     target = TargetInfo.from_dict(state["target"])

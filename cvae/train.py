@@ -20,8 +20,8 @@ from tqdm import tqdm
 from . import config as config_mod
 from . import distributed
 from .build import build_model, load_data, resolve_device
-from .checkpoint import (atomic_write, checkpoint_path, latest_checkpoint, list_checkpoints, load_checkpoint,
-                         remove_temporaries, save_checkpoint)
+from .checkpoint import (atomic_write, best_path, checkpoint_path, latest_checkpoint, list_checkpoints, load_checkpoint,
+                         remove_temporaries, save_best, save_checkpoint)
 from .data import TensorData, iterate_batches
 from .errors import ConfigError, CVAEError
 from .evaluate import active_units, evaluate, held_out_stats
@@ -31,7 +31,7 @@ from .plugins import call_hook, get_registry
 __all__ = ["Trainer", "NonFiniteLossError", "train", "resumed_config"]
 
 # Keys a resumed run may change: everything else must match the checkpoint's config.
-RESUMABLE_KEYS = ("train.epochs", "train.progress", "train.checkpoint_every", "train.checkpoint_steps", "train.keep_checkpoints",
+RESUMABLE_KEYS = ("train.epochs", "train.patience", "train.progress", "train.checkpoint_every", "train.checkpoint_steps", "train.keep_checkpoints",
                   "eval.at_end", "eval.iwae_samples", "eval.batch_size", "eval.sample_mode",
                   "eval.temperature", "device", "fit_prior.after_training", "fit_prior.components", "fit_prior.rank",
                   "fit_prior.draws")
@@ -98,6 +98,8 @@ class Trainer:
             options=tc["schedule_options"], where="train.schedule_options", beta=tc["beta"])
         self.epoch = self.batch = self.step = 0
         self.stop_requested = self.stopped_at_once = False  # Ctrl-C while training (see _stop_between_steps)
+        # the epoch of the highest val_elbo so far (0: none yet), for train.keep_best and train.patience
+        self.best_epoch, self.best_val_elbo = 0, -math.inf
         self.last_metrics: dict[str, Any] = {}
         # running sums of loss, rec and kl over the unfinished epoch, its example count and last beta: saved
         # with a mid-epoch checkpoint so that a resumed epoch's metrics row covers the whole epoch
@@ -147,6 +149,8 @@ class Trainer:
             "epoch_sums": self.epoch_sums.clone(),
             "epoch_count": self.epoch_count,
             "epoch_beta": self.epoch_beta,
+            "best_epoch": self.best_epoch,
+            "best_val_elbo": self.best_val_elbo,
             **extra,
         }
 
@@ -170,6 +174,7 @@ class Trainer:
         if "epoch_sums" in state:
             self.epoch_sums = state["epoch_sums"].double().cpu()
             self.epoch_count, self.epoch_beta = state["epoch_count"], state["epoch_beta"]
+        self.best_epoch, self.best_val_elbo = state.get("best_epoch", 0), state.get("best_val_elbo", -math.inf)
         # rows of epochs after the checkpoint were never confirmed by one: drop them, they are redone
         if self.dist.is_main:
             rows = _read_metrics(self.run_dir / "metrics.jsonl")
@@ -201,7 +206,7 @@ class Trainer:
         """Train to `train.epochs`; returns the last epoch's metrics (with the evaluation, if run)."""
         tc = self.config["train"]
         # a resumed run that had finished training (killed while writing pictures or the evaluation) only finishes
-        done = _read_metrics(self.run_dir / "metrics.jsonl") if self.epoch >= tc["epochs"] else []
+        done = _read_metrics(self.run_dir / "metrics.jsonl") if self.epoch >= tc["epochs"] or self.stopped_early else []
         metrics: dict[str, Any] = dict(done[-1]) if done else {}
         call_hook("cvae_fit_start", trainer=self)
         self.stop_requested = self.stopped_at_once = False
@@ -257,11 +262,25 @@ class Trainer:
         if self.stop_requested:
             raise KeyboardInterrupt
 
+    @property
+    def stopped_early(self) -> bool:
+        """train.patience is spent: val_elbo has not risen for that many epochs."""
+        patience = self.config["train"]["patience"]
+        return bool(patience) and self.best_epoch > 0 and self.epoch - self.best_epoch >= patience
+
+    def _track_best(self, metrics: Mapping[str, Any]) -> None:
+        """Note an epoch whose val_elbo beats every earlier one and, with train.keep_best, keep its weights."""
+        if "val_elbo" not in metrics or not metrics["val_elbo"] > self.best_val_elbo:
+            return
+        self.best_epoch, self.best_val_elbo = self.epoch, metrics["val_elbo"]
+        if self.config["train"]["keep_best"] and self.dist.is_main:
+            save_best(self.ckpt_dir, self.state_dict(gather=False))
+
     def _train_epochs(self) -> None:
-        """Epochs up to train.epochs, each with its metrics row, hook and checkpoint; `last_metrics` is the
-        last epoch's row."""
+        """Epochs up to train.epochs (or until train.patience is spent), each with its metrics row, hook and
+        checkpoint; `last_metrics` is the last epoch's row."""
         tc = self.config["train"]
-        while self.epoch < tc["epochs"]:
+        while self.epoch < tc["epochs"] and not self.stopped_early:
             metrics = self._run_epoch()
             self.epoch += 1
             self.batch = 0
@@ -269,8 +288,9 @@ class Trainer:
                 with (self.run_dir / "metrics.jsonl").open("a") as f:
                     f.write(json.dumps(metrics) + "\n")
             self.last_metrics = metrics
+            self._track_best(metrics)
             call_hook("cvae_epoch_end", trainer=self, epoch=metrics["epoch"], metrics=metrics)
-            if self.epoch % tc["checkpoint_every"] == 0 or self.epoch == tc["epochs"]:
+            if self.epoch % tc["checkpoint_every"] == 0 or self.epoch == tc["epochs"] or self.stopped_early:
                 self.save()
         self._stop_if_asked()  # asked during the last epoch's end: stop before the evaluation too
 
@@ -362,17 +382,31 @@ class Trainer:
         ec = self.config["eval"]
         if not self.dist.is_main:
             return {}
+        best = self._load_best()
         self.model.eval()
         save_sample_grid(self.model, self.data, self.run_dir / "samples.png", mode=ec["sample_mode"], seed=self.config["seed"],
                          temperature=ec["temperature"])
         save_reconstructions(self.model, self.data, self.run_dir / "reconstructions.png", mode=ec["sample_mode"])
         if not ec["at_end"]:
-            return {}
+            return best
         results = evaluate(self.model, self.data, self.device, run_dir=self.run_dir, seed=self.config["seed"],
                            iwae_samples=ec["iwae_samples"], batch_size=ec["batch_size"], sample_mode=ec["sample_mode"],
                            temperature=ec["temperature"])
+        if best:  # as `cvae eval` records which checkpoint it evaluated
+            results = {"checkpoint": str(best_path(self.ckpt_dir)), "epoch": best["best_epoch"], "step": best["best_step"],
+                       **results}
         atomic_write(self.run_dir / "eval.json", lambda f: f.write(json.dumps(results, indent=2).encode()))
-        return {"eval": results}
+        return {**best, "eval": results}
+
+    def _load_best(self) -> dict[str, Any]:
+        """With train.keep_best, put the kept epoch's weights in the model (the pictures and the evaluation
+        are of it) and say which epoch that is; else leave the last epoch's."""
+        path = best_path(self.ckpt_dir)
+        if not self.config["train"]["keep_best"] or not path.is_file():
+            return {}
+        state = load_checkpoint(path, map_location=self.device)
+        self.model.load_state_dict(state["model"])
+        return {"best_epoch": state["epoch"], "best_step": state["step"], "best_val_elbo": state["best_val_elbo"]}
 
 
 def _adam(params: Any, lr: float, weight_decay: float, fused: bool = True) -> torch.optim.Optimizer:
