@@ -51,8 +51,8 @@ class Trainer:
     """Trains a CVAE from a config into `run_dir`; the keys a config leaves out are at their defaults, or, on
     a resume, at the run's own values.
 
-    Writes `metrics.jsonl` (one row per epoch), `checkpoints/step-*.pt`, `config.toml`-equivalent
-    `config.json`, and at the end `samples.png`, `reconstructions.png` and `eval.json`. Under torchrun each
+    Writes `metrics.jsonl` (one row per epoch), `checkpoints/step-*.pt` (and `best.pt` with train.keep_best),
+    `config.toml`-equivalent `config.json`, and at the end `samples.png`, `reconstructions.png` and `eval.json`. Under torchrun each
     process trains on its shard of every batch and rank 0 alone writes (see `cvae.distributed`)."""
 
     def __init__(self, config: Mapping[str, Any], run_dir: str | Path, resume: bool = False) -> None:
