@@ -28,6 +28,34 @@ def _run_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _error(message: str) -> int:
+    print(f"python -m benchmarks: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _check_run_args(args: argparse.Namespace) -> str | None:
+    """What is wrong with a run's arguments, before any benchmark runs (None: nothing)."""
+    import fnmatch
+    from pathlib import Path
+
+    import cvae
+    from .suite import _register
+
+    if args.threads < 1:
+        return f"--threads must be >= 1, got {args.threads}"
+    if args.device not in ("auto", "cpu", "cuda"):
+        return f"--device must be auto, cpu or cuda, got {args.device!r}"
+    out = Path(args.out) if args.out else None
+    if out is not None and not args.no_save and out.exists() and not out.is_dir():
+        return f"--out {out} is a file; give a folder (the result goes to FOLDER/<device>/<time>.json)"
+    _register()
+    names = [spec.name for spec in cvae.get_registry().specs("benchmark")]
+    unmatched = [pat for pat in args.only if not any(fnmatch.fnmatch(n, pat) for n in names)]
+    if unmatched:
+        return f"--only {' '.join(unmatched)} matches no benchmark; known: {', '.join(names)}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["compare"]:
@@ -42,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--absolute", action="store_true",
                        help="also judge absolute throughput and latency, not only speed-ups over the hand-written loop")
         args = p.parse_args(argv[1:])
+        if not args.factor >= 1:
+            return _error(f"--factor must be >= 1 (a regression is worse than the baseline by more than it), got {args.factor}")
         from .compare import main as compare_main
 
         return compare_main(args.new, args.base, args.factor, args.absolute)
@@ -61,12 +91,18 @@ def main(argv: list[str] | None = None) -> int:
         from .compare import load
         from .report import headline, result_table
 
-        result = load(args.file)
+        try:
+            result = load(args.file)
+        except (OSError, ValueError) as exc:
+            return _error(str(exc))
         print(result_table(result["results"], markdown=args.markdown))
         print()
         print(headline(result))
         return 0
     args = _run_parser().parse_args(argv)
+    problem = _check_run_args(args)
+    if problem:
+        return _error(problem)
     from .suite import RESULTS, passed, run_suite
 
     results, _ = run_suite(args.tier, args.device, args.threads, args.only,

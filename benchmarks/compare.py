@@ -17,13 +17,22 @@ from . import SCHEMA_VERSION
 __all__ = ["DEFAULT_FACTOR", "load", "default_base", "incomparable", "compare", "main"]
 
 DEFAULT_FACTOR = 1.25
-LIKE = (("device", "type"), ("device", "name"), ("torch",), ("threads",))
+LIKE = (("device", "type"), ("device", "name"), ("torch",), ("threads",), ("flags", "tier"))
 
 
 def load(path: str | Path) -> dict[str, Any]:
-    data = json.loads(Path(path).read_text())
+    """A result file, checked: a clear ValueError (naming the file) for anything else."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except IsADirectoryError:
+        raise ValueError(f"{path} is a folder, not a benchmark result file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not a benchmark result file (not JSON: {exc})") from None
     if not isinstance(data, dict) or "schema_version" not in data or "results" not in data:
-        raise ValueError(f"{path} is not a benchmark result file")
+        raise ValueError(f"{path} is not a benchmark result file (expected a JSON object with schema_version and "
+                         f"results, as python -m benchmarks writes)")
+    if not isinstance(data["results"], list) or not all(isinstance(r, dict) for r in data["results"]):
+        raise ValueError(f"{path} is not a benchmark result file (its results are not a list of rows)")
     return data
 
 
@@ -48,6 +57,11 @@ def incomparable(new: Mapping[str, Any], base: Mapping[str, Any]) -> list[str]:
         a, b = _get(base, path), _get(new, path)
         if a != b:
             reasons.append(f"{'.'.join(path)}: {a!r} vs {b!r}")
+    # CPUs of one model name differ in what they can run fast (bfloat16 without AVX512-BF16 is emulated);
+    # results written before the instruction sets were recorded are compared by name alone
+    a, b = _get(base, ("device", "isa")), _get(new, ("device", "isa"))
+    if a is not None and b is not None and a != b:
+        reasons.append(f"device.isa: {a!r} vs {b!r}")
     return reasons
 
 
@@ -105,6 +119,9 @@ def main(new_path: str, base_path: str | None, factor: float = DEFAULT_FACTOR, a
         print("results are compared only on the same device, torch version and thread count; nothing compared")
         return 2
     table, regressions = compare(new, base, factor, absolute)
+    if not table:
+        print(f"no benchmark rows in common ({base_file} -> {new_file}); nothing compared")
+        return 2
     print(f"{base_file}  ->  {new_file}   (regression: worse by more than {factor}x"
           f"{', speed-ups and absolute figures' if absolute else ', speed-ups over the hand-written loop'})")
     header = f"{'benchmark':<16} {'batch':>5} {'variant':<14} {'vs naive':>17} {'change':>7} {'value':>25} {'change':>7}"

@@ -27,13 +27,28 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+_ISA = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")  # the instruction sets that change which variant is fastest
+
+
+def _cpu_isa() -> list[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                present = set(line.split(":", 1)[1].split())
+                return [f for f in _ISA if f in present]
+    except OSError:
+        pass
+    return []
+
+
 def device_info(device: torch.device) -> dict[str, Any]:
     """The device's type and name (and, on CUDA, its compute capability and memory)."""
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         return {"type": "cuda", "name": props.name, "capability": f"{props.major}.{props.minor}",
                 "memory_gib": round(props.total_memory / 2**30, 1), "slug": device_slug(device)}
-    return {"type": device.type, "name": _cpu_name(), "logical_cpus": os.cpu_count(), "slug": device_slug(device)}
+    return {"type": device.type, "name": _cpu_name(), "isa": _cpu_isa(), "logical_cpus": os.cpu_count(),
+            "slug": device_slug(device)}
 
 
 def device_slug(device: torch.device) -> str:

@@ -72,7 +72,8 @@ MODELS: dict[str, BenchModel] = {
         ('data.name="bench_conv"', 'model.architecture="conv"', "model.architecture_options={}",
          "model.latent_dim=256", 'model.likelihood="bernoulli"', "model.likelihood_options={}",
          'conditions.label.options.encoding="onehot"', *_COMMON),
-        {"quick": {"cpu": (16,), "cuda": (256,)}, "full": {"cpu": (16, 64), "cuda": (64, 256)}},
+        {"tiny": {"cpu": (2,), "cuda": (16,)}, "quick": {"cpu": (16,), "cuda": (256,)},
+         "full": {"cpu": (16, 64), "cuda": (64, 256)}},
         architecture="conv"),
 }
 

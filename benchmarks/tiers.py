@@ -24,8 +24,8 @@ class Tier:
 
 TIERS = {
     "tiny": Tier("tiny", 2, 0.02, 3, False, False, False,
-                 "seconds: smallest batch sizes, no compilation; for tests of the JSON and the checks, not of speed"),
+                 "a minute or two: smallest batch sizes, no compilation; for tests of the JSON and the checks, not of speed"),
     "quick": Tier("quick", 15, 0.08, 5, True, False, True,
-                  "under three minutes on a 2-core CPU: one batch size per model"),
+                  "3 to 10 minutes on a 2-core CPU: one batch size per model"),
     "full": Tier("full", 25, 0.15, 5, True, True, True, "every batch size, compiled sampling too"),
 }

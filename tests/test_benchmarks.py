@@ -29,7 +29,7 @@ TRAIN_KEYS = {"benchmark", "kind", "model", "device", "batch", "variant", "lever
 
 @pytest.fixture(scope="module")
 def tiny_result(tmp_path_factory) -> tuple[Path, dict]:
-    """`python -m benchmarks --tiny` on the CPU, in a process of its own (a few seconds)."""
+    """`python -m benchmarks --tiny` on the CPU, in a process of its own (a minute or two)."""
     out = tmp_path_factory.mktemp("results")
     env = {k: v for k, v in os.environ.items() if not k.startswith("CVAE_")}
     run = subprocess.run([sys.executable, "-m", "benchmarks", "--tiny", "--device", "cpu", "--out", str(out)],
@@ -97,6 +97,64 @@ def test_compare_refuses_another_device_or_torch(tiny_result, tmp_path, capsys):
         other.write_text(json.dumps({**result, field: value}))
         assert cmp.main(str(path), str(other)) == 2
         assert "not comparable" in capsys.readouterr().out
+
+
+def test_compare_refuses_another_tier_or_instruction_set(tiny_result, tmp_path, capsys):
+    path, result = tiny_result
+    quick = tmp_path / "quick.json"
+    quick.write_text(json.dumps({**result, "flags": {**result["flags"], "tier": "quick"}}))
+    assert cmp.main(str(path), str(quick)) == 2
+    assert "flags.tier: 'quick' vs 'tiny'" in capsys.readouterr().out
+    other = tmp_path / "isa.json"
+    other.write_text(json.dumps({**result, "device": {**result["device"], "isa": ["avx2", "avx512_bf16", "x"]}}))
+    assert cmp.main(str(path), str(other)) == 2
+    assert "device.isa" in capsys.readouterr().out
+    unrecorded = tmp_path / "older.json"  # written before the instruction sets were recorded: the name decides
+    unrecorded.write_text(json.dumps({**result, "device": {k: v for k, v in result["device"].items() if k != "isa"}}))
+    assert cmp.main(str(path), str(unrecorded)) == 0
+
+
+def test_compare_with_nothing_in_common_judges_nothing(tiny_result, tmp_path, capsys):
+    path, result = tiny_result
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({**result, "results": []}))
+    assert cmp.main(str(path), str(empty)) == 2
+    assert "no benchmark rows in common" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("text, says", [('{"schema_version": 1, "results"', "not JSON"), ('{"a": 1}', "expected a JSON object"),
+                                        ('{"schema_version": 1, "results": {"a": 1}}', "not a list of rows")])
+def test_a_broken_result_file_is_named(tiny_result, tmp_path, capsys, text, says):
+    path, _ = tiny_result
+    bad = tmp_path / "bad.json"
+    bad.write_text(text)
+    assert cmp.main(str(path), str(bad)) == 2
+    out = capsys.readouterr().out
+    assert str(bad) in out and says in out
+    assert _benchmarks_cli("table", str(bad)).returncode == 2
+
+
+def _benchmarks_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CVAE_")}
+    return subprocess.run([sys.executable, "-m", "benchmarks", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.mark.parametrize("args, says", [(["--only", "nosuch"], "--only nosuch matches no benchmark; known: "),
+                                        (["--threads", "0"], "--threads must be >= 1"),
+                                        (["--device", "tpu"], "--device must be auto, cpu or cuda"),
+                                        (["compare", "a.json", "--factor", "0"], "--factor must be >= 1")])
+def test_bad_arguments_stop_before_any_benchmark_runs(args, says, tmp_path):
+    run = _benchmarks_cli("--tiny", *args, "--out", str(tmp_path)) if args[0] != "compare" else _benchmarks_cli(*args)
+    assert run.returncode == 2 and says in run.stderr and "Traceback" not in run.stderr
+    assert not any(tmp_path.iterdir())  # no result file written
+
+
+def test_an_out_that_is_a_file_is_refused_before_running(tmp_path):
+    taken = tmp_path / "results"
+    taken.write_text("a file")
+    run = _benchmarks_cli("--tiny", "--only", "latency.policy", "--out", str(taken))
+    assert run.returncode == 2 and "is a file; give a folder" in run.stderr and taken.read_text() == "a file"
 
 
 def test_compare_flags_a_regression_and_a_failed_check(tiny_result, tmp_path, capsys):
