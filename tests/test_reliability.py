@@ -103,6 +103,8 @@ def _toml(value) -> str:
 def test_any_valid_value_of_any_key_round_trips_through_set_and_toml(data, tmp_path_factory):
     keys = data.draw(st.lists(st.sampled_from(_SCALARS), min_size=1, max_size=6, unique_by=lambda k: k.name))
     values = {k.name: data.draw(_valid_values(k)) for k in keys}
+    if (values.get("train.keep_best") or values.get("train.patience")) and not values.get("data.validation"):
+        values["data.validation"] = 0.1  # the one rule across keys: they pick epochs on a validation split
     cfg = apply_overrides(default_config(), [f"{name}={_toml(v)}" for name, v in values.items()])
     validate(cfg, AcceptingRegistry())
     for name, value in values.items():
