@@ -134,6 +134,11 @@ def test_image_folder_resizes_to_the_first_image_and_errors(tmp_path):
     (tmp_path / "empty" / "a").mkdir(parents=True)
     with pytest.raises(cvae.CVAEError, match="no images"):
         load_image_folder(root=str(tmp_path / "empty"))
+    (tmp_path / "mixed" / "birds").mkdir()
+    with pytest.raises(cvae.CVAEError, match=r"class folder\(s\) birds under .* hold no images"):
+        load_image_folder(root=str(tmp_path / "mixed"))
+    with pytest.raises(cvae.CVAEError, match="grayscale must be true or false, got 'false'"):
+        load_image_folder(root=str(tmp_path / "mixed"), grayscale="false")
 
 
 @pytest.mark.parametrize("loader, where", [(load_mnist, "MNIST"), (load_fashion_mnist, "FashionMNIST"),
@@ -290,6 +295,14 @@ def test_compare_prints_priors_and_the_baseline(fresh_plugins, capsys, tmp_path)
     assert main(args) == 0  # the second time reuses the runs
     assert "reusing" in capsys.readouterr().err
     assert main(["compare", "--out", str(tmp_path / "x"), "--priors", "fixed"]) == 2
+    # stopped during a variant's evaluation: the rerun goes on from that run's checkpoint
+    (tmp_path / "cmp" / "learned" / "eval.json").unlink()
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "resuming prior=learned" in err and (tmp_path / "cmp" / "learned" / "eval.json").is_file()
+    # a run of other settings in a variant's folder is named, not retrained over
+    assert main([*args, "--set", "train.epochs=3"]) == 2
+    assert "holds a run of another configuration" in capsys.readouterr().err
 
 
 # -- conv on shapes, and pictures --------------------------------------------------------------------------

@@ -171,17 +171,23 @@ class CompareCommand:
 
     @staticmethod
     def _run_one(cfg: dict[str, Any], out: Path, label: str) -> dict[str, Any]:
+        from cvae.checkpoint import list_checkpoints
         from cvae.train import Trainer
 
-        done = out / "eval.json"
-        if done.is_file() and (out / "config.json").is_file():
-            if json.loads((out / "config.json").read_text()) == cfg:
-                print(f"cvae compare: reusing {out}", file=sys.stderr)
-                return {**json.loads(done.read_text()), "train_seconds": _train_seconds(out)}
-        print(f"cvae compare: training {label} -> {out}", file=sys.stderr)
         cfg = copy.deepcopy(cfg)
         cfg["eval"]["at_end"] = True
-        metrics = Trainer(cfg, out).fit()
+        saved = out / "config.json"
+        same = saved.is_file() and json.loads(saved.read_text()) == cfg
+        if same and (out / "eval.json").is_file():
+            print(f"cvae compare: reusing {out}", file=sys.stderr)
+            return {**json.loads((out / "eval.json").read_text()), "train_seconds": _train_seconds(out)}
+        # an earlier compare stopped inside this run (training or its evaluation): go on from its checkpoint
+        resume = same and bool(list_checkpoints(out / "checkpoints"))
+        if not resume and list_checkpoints(out / "checkpoints"):
+            raise cvae.CVAEError(f"{out} holds a run of another configuration than this {label} variant; remove it "
+                                 f"or give cvae compare another --out")
+        print(f"cvae compare: {'resuming' if resume else 'training'} {label} -> {out}", file=sys.stderr)
+        metrics = Trainer(cfg, out, resume=resume).fit()
         return {**metrics["eval"], "train_seconds": _train_seconds(out)}
 
     @staticmethod

@@ -230,6 +230,8 @@ def load_image_folder(*, root: str, size: int | list[int] | None = None, graysca
     for square images or [height, width]; default: the first image's size), RGB or `grayscale`, with
     condition "label" and a fixed-seed split stratified by class. All images are held in memory as
     8-bit pixels."""
+    if not isinstance(grayscale, bool):
+        raise cvae.CVAEError(f"dataset 'image_folder': grayscale must be true or false, got {grayscale!r}")
     base = _root(root)
     if not base.is_dir():
         raise cvae.CVAEError(f"dataset 'image_folder': {base} is not a directory; data.options.root must name a "
@@ -240,6 +242,10 @@ def load_image_folder(*, root: str, size: int | list[int] | None = None, graysca
     if not files:
         raise cvae.CVAEError(f"dataset 'image_folder': no images ({', '.join(IMAGE_SUFFIXES)}) in subfolders of "
                              f"{base}; expected root/<class>/<image>.png")
+    empty = sorted(set(classes) - {c for c, _ in files})
+    if empty:
+        raise cvae.CVAEError(f"dataset 'image_folder': class folder(s) {', '.join(empty)} under {base} hold no images "
+                             f"({', '.join(IMAGE_SUFFIXES)}); add images or remove the folder(s)")
     target_size: tuple[int, int] | None = None
     if size is not None:
         target_size = (int(size), int(size)) if isinstance(size, int) else tuple(int(s) for s in size)
