@@ -234,6 +234,17 @@ def test_completion_errors(fresh_plugins):
         load_completion(keep_conditions=["colour"])
     with pytest.raises(cvae.UnknownComponentError):
         load_completion(dataset="digitz")
+    with pytest.raises(cvae.CVAEError, match="keep_conditions must be a list of condition names"):
+        load_completion(keep_conditions="label")
+
+
+def test_the_wrapped_datasets_errors_name_its_options_where_they_are(fresh_plugins, tmp_path):
+    """The wrapped dataset's options sit under data.options.dataset_options: its advice must say so."""
+    with pytest.raises(cvae.CVAEError) as err:
+        load_completion(dataset="mnist", dataset_options={"root": str(tmp_path)})
+    message = str(err.value)
+    assert "data.options.dataset_options.download=true" in message
+    assert "point data.options.dataset_options.root at" in message and "data.options.root" not in message
 
 
 def test_image_condition_encoder(tmp_path):

@@ -16,6 +16,8 @@ top-right one, "quadrant3" adds the bottom-right one (only the top-left is hidde
 
 from __future__ import annotations
 
+import re
+
 from collections.abc import Sequence
 from typing import Any
 
@@ -145,8 +147,14 @@ def load_completion(*, dataset: str = "digits", dataset_options: dict[str, Any] 
         raise cvae.CVAEError(f"dataset 'completion': target must be one of {', '.join(TARGETS)}, got {target!r}")
     if dataset == "completion":
         raise cvae.CVAEError("dataset 'completion' cannot wrap itself")
+    if keep_conditions is not None and not isinstance(keep_conditions, list):
+        raise cvae.CVAEError(f"dataset 'completion': keep_conditions must be a list of condition names, for example "
+                             f"[\"label\"], got {keep_conditions!r}")
     spec = cvae.get_registry().get("dataset", dataset)
-    base = spec.build(options=dataset_options or {}, where=f"data.options.dataset_options (dataset {dataset!r})")
+    try:
+        base = spec.build(options=dataset_options or {}, where=f"data.options.dataset_options (dataset {dataset!r})")
+    except cvae.CVAEError as exc:  # the wrapped dataset names its own options; here they sit one table down
+        raise type(exc)(re.sub(r"\bdata\.options\.(?!dataset_options)", "data.options.dataset_options.", str(exc))) from None
     t = base.target
     if not t.is_image:
         raise cvae.CVAEError(f"dataset 'completion': {dataset!r} has targets of shape {tuple(t.shape)}, not images "
