@@ -79,7 +79,10 @@ def resolve_device(name: str) -> torch.device:
     """'auto' picks CUDA when present; an explicit device that is not there is an error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise CVAEError(f"device {name!r} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CVAEError(f"device = {name!r}, but CUDA is not available here; use 'auto' or 'cpu'")
     return device

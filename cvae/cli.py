@@ -58,7 +58,7 @@ def _parser() -> tuple[argparse.ArgumentParser, Any]:
                    help="scale of the prior's noise for the samples that metrics judge (default: the run's "
                         "eval.temperature, normally 1); the figure is recorded as sample_temperature")
     p.add_argument("--last", action="store_true", help="evaluate the newest checkpoint, not the epoch that "
-                   "train.keep_best kept (checkpoints/best.pt)")
+                   "train.keep_best kept (checkpoints/best.pt), into eval-last.json beside the kept epoch's eval.json")
     p.add_argument("--device", default="auto")
 
     p = sub.add_parser("doctor", help="diagnose the KL of a trained run: healthy, posterior collapse, KL too high or "
@@ -288,13 +288,17 @@ def _eval(args: argparse.Namespace) -> int:
     from .runs import load_run
 
     run = load_run(args.run_dir, args.device, last=args.last)
-    results = _evaluate_run(run, load_data(run.config), args.iwae_samples, args.temperature)
+    # eval.json stays the kept epoch's: the newest checkpoint's figures go beside it
+    kept = args.last and (run.path / "checkpoints" / "best.pt").is_file()
+    results = _evaluate_run(run, load_data(run.config), args.iwae_samples, args.temperature,
+                            "eval-last.json" if kept else "eval.json")
     print(json.dumps(results, indent=2) if args.json else _format_eval(results))
     return 0
 
 
-def _evaluate_run(run: Any, data: Any, iwae_samples: int | None = None, temperature: float | None = None) -> dict[str, Any]:
-    """Evaluate a run (`cvae.Run`) with its own eval settings unless given, and write its eval.json."""
+def _evaluate_run(run: Any, data: Any, iwae_samples: int | None = None, temperature: float | None = None,
+                  name: str = "eval.json") -> dict[str, Any]:
+    """Evaluate a run (`cvae.Run`) with its own eval settings unless given, and write RUN/`name`."""
     from .checkpoint import atomic_write
     from .evaluate import evaluate
 
@@ -304,7 +308,7 @@ def _evaluate_run(run: Any, data: Any, iwae_samples: int | None = None, temperat
                        sample_mode=ec["sample_mode"], temperature=ec["temperature"] if temperature is None else temperature,
                        source_dir=run.derived_from)
     results = {"checkpoint": str(run.checkpoint), "epoch": run.epoch, "step": run.step, **results}
-    atomic_write(run.path / "eval.json", lambda f: f.write(json.dumps(results, indent=2).encode()))
+    atomic_write(run.path / name, lambda f: f.write(json.dumps(results, indent=2).encode()))
     return results
 
 

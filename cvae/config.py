@@ -48,6 +48,14 @@ def _non_negative(v: Any) -> bool:
     return v >= 0
 
 
+def _finite_positive(v: Any) -> bool:
+    return math.isfinite(v) and v > 0
+
+
+def _finite_non_negative(v: Any) -> bool:
+    return math.isfinite(v) and v >= 0
+
+
 _NUM = (int, float)
 
 SCHEMA: tuple[Key, ...] = (
@@ -77,21 +85,21 @@ SCHEMA: tuple[Key, ...] = (
         component="prior"),
     Key("model.prior_options", {}, "options for the prior (for example hidden widths)", dict),
     Key("train.epochs", 100, "passes over the training split", int, check=_positive, check_doc="> 0"),
-    Key("train.lr", 1e-3, "Adam learning rate", _NUM, check=_positive, check_doc="> 0"),
+    Key("train.lr", 1e-3, "Adam learning rate", _NUM, check=_finite_positive, check_doc="finite and > 0"),
     Key("train.lr_schedule", "constant", "how the learning rate moves over training: 'constant', or 'cosine' (from "
         "train.lr at the first step down to 0 at the last, along half a cosine)", str, choices=("constant", "cosine")),
     Key("train.weight_decay", 1e-4, "Adam weight decay (L2), against overfitting small datasets", _NUM,
-        check=_non_negative, check_doc=">= 0"),
+        check=_finite_non_negative, check_doc="finite and >= 0"),
     Key("train.beta", 1.0, "KL weight at full strength; 1 is the ELBO, above 1 pushes q toward the prior", _NUM,
-        check=_non_negative, check_doc=">= 0"),
+        check=_finite_non_negative, check_doc="finite and >= 0"),
     Key("train.schedule", "constant", "how beta moves over training", str, component="schedule"),
     Key("train.schedule_options", {}, "options for the schedule (for example warmup_steps, cycle_steps)", dict),
     Key("train.free_bits", 0.0, "nats of KL per latent dimension that are not penalised (0 turns it off)", _NUM,
-        check=_non_negative, check_doc=">= 0"),
+        check=_finite_non_negative, check_doc="finite and >= 0"),
     Key("train.free_bits_group", 1, "pool the free bits over groups of this many consecutive latent dimensions "
         "(1: per dimension)", int, check=_positive, check_doc="> 0"),
     Key("train.grad_clip", 100.0, "clip the gradient norm to this value (0 turns clipping off)", _NUM,
-        check=_non_negative, check_doc=">= 0"),
+        check=_finite_non_negative, check_doc="finite and >= 0"),
     Key("train.fast", True, "the fastest numerically safe settings for the device (fused Adam; on CPU, denormals "
         "flushed to zero); false gives plain Adam and default float handling, as a hand-written loop", bool),
     Key("train.precision", "float32", "arithmetic of the training forward pass: 'bfloat16' runs the networks' layers "

@@ -136,6 +136,13 @@ def check_options(factory: Callable[..., Any], options: Mapping[str, Any], where
         key = where.split(" ")[0]
         hint = f"; set it, for example --set {key}.{required[0]}=..." if "." in key else ""
         raise ConfigError(f"{where}: required option {', '.join(map(repr, required))} is missing{hint}")
+    for key, value in options.items():  # text where the default says a number, a flag or a list: say so here
+        default = named[key].default if key in named else None
+        expected = ("true or false" if isinstance(default, bool) else "a number" if isinstance(default, (int, float))
+                    else "a list" if isinstance(default, (list, tuple)) else None)
+        if expected and isinstance(value, str):
+            shown = list(default) if isinstance(default, tuple) else default
+            raise ConfigError(f"{where}: option {key!r} = {value!r}: expected {expected} (default {shown!r})")
 
 
 class Registry:

@@ -106,7 +106,7 @@ def test_train_from_a_toml_file(tiny, capsys, tmp_path):
                                                    "did you mean 'bernoulli'"]),
     ("", ["--set", "data.name=tinny"], ["data.name: unknown dataset 'tinny': did you mean 'tiny'"]),
     ("", ["--set", 'train.epochs="ten"'], ["train.epochs = 'ten': expected an integer"]),
-    ("", ["--set", "train.lr=-1"], ["train.lr = -1: must be > 0"]),
+    ("", ["--set", "train.lr=-1"], ["train.lr = -1: must be finite and > 0"]),
     ("", ["--set", 'device="cpux"'], ["device = 'cpux'"]),
     ("", ["--set", "data.options.n_trian=5"], ["data.options (dataset 'tiny'): unknown option 'n_trian'",
                                                 "did you mean 'n_train'"]),

@@ -141,9 +141,9 @@ def test_unknown_key_suggests_the_close_match(tmp_path, where):
     ("train.epochs=ten", r"train.epochs = 'ten': expected an integer"),
     ("train.epochs=2.5", r"train.epochs = 2.5: expected an integer"),
     ("seed=true", r"seed = True: expected an integer"),
-    ("train.lr=-1", r"train.lr = -1: must be > 0"),
+    ("train.lr=-1", r"train.lr = -1: must be finite and > 0"),
     ("train.lr=true", r"train.lr = True: expected a number"),
-    ("train.beta=-0.5", r"train.beta = -0.5: must be >= 0"),
+    ("train.beta=-0.5", r"train.beta = -0.5: must be finite and >= 0"),
     ("data.batch_size=0", r"data.batch_size = 0: must be > 0"),
     ("train.progress=1", r"train.progress = 1: expected true or false"),
     ("model.architecture_options=3", r"model.architecture_options = 3: expected a table"),
@@ -219,3 +219,29 @@ def test_garbage_keys_are_rejected_with_a_cvae_error(key):
 def test_get_reads_dotted_keys():
     cfg = default_config()
     assert config_mod.get(cfg, "train.epochs") == EPOCHS and config_mod.get(cfg, "seed") == 0
+
+
+@pytest.mark.parametrize("setting", ["train.beta=inf", "train.free_bits=inf", "train.lr=inf", "train.weight_decay=nan"])
+def test_non_finite_weights_and_rates_are_config_errors(setting):
+    with pytest.raises(ConfigError, match=rf"{re.escape(setting.split('=')[0])} = .*: must be finite"):
+        load_config(None, [setting])
+
+
+@pytest.mark.parametrize("overrides, says", [
+    (['train.schedule="linear"', 'train.schedule_options.warmup_steps="abc"'],
+     "option 'warmup_steps' = 'abc': expected a number (default 1000)"),
+    (['model.architecture_options.hidden="abc"'], "option 'hidden' = 'abc': expected a list (default [512, 256])"),
+    (['train.schedule="kl_target"', 'train.schedule_options.target_kl="abc"'], "target_kl must be a number > 0"),
+])
+def test_text_where_an_option_wants_a_number_or_a_list_is_named(tmp_path, overrides, says):
+    from cvae.train import Trainer
+
+    with pytest.raises(CVAEError, match=re.escape(says)):
+        Trainer(load_config(None, [*overrides, "train.progress=false"]), tmp_path / "run")
+
+
+def test_a_device_name_torch_does_not_know_is_a_clear_error():
+    from cvae.build import resolve_device
+
+    with pytest.raises(CVAEError, match=r"device 'gpu' is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'"):
+        resolve_device("gpu")

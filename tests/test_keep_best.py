@@ -130,7 +130,10 @@ def test_the_command_line_says_what_was_kept_and_eval_last_reads_the_newest(tiny
     out = capsys.readouterr().out
     assert "trained 4 epochs (20 steps): validation ELBO -45.00 nats, stopped early: val_elbo had not risen for 2" in out
     assert "kept epoch 2 (validation ELBO -30.00 nats, the highest)" in out
+    kept = (tmp_path / "run" / "eval.json").read_text() if (tmp_path / "run" / "eval.json").exists() else None
     assert main(["eval", str(tmp_path / "run"), "--json", "--last"]) == 0
     assert json.loads(capsys.readouterr().out)["epoch"] == 4
+    assert json.loads((tmp_path / "run" / "eval-last.json").read_text())["epoch"] == 4
+    assert ((tmp_path / "run" / "eval.json").read_text() if (tmp_path / "run" / "eval.json").exists() else None) == kept
     assert main(["train", "--out", str(tmp_path / "run"), "--resume"]) == 0
     assert "resuming at the end of epoch 4/6, where train.patience stopped it" in capsys.readouterr().err

@@ -30,7 +30,7 @@ def test_kl_target_by_name_and_its_errors(core_registry):
     assert isinstance(s, KLTarget) and s.beta(0) == pytest.approx(0.5)  # starts at the config's beta
     with pytest.raises(CVAEError, match="needs the option target_kl"):
         spec.build(beta=1.0)
-    for bad, needle in [({"target_kl": 0}, "target_kl must be > 0"), ({"target_kl": 1, "smoothing": 0}, "smoothing"),
+    for bad, needle in [({"target_kl": 0}, "target_kl must be a number > 0"), ({"target_kl": "abc"}, "target_kl must be a number > 0"), ({"target_kl": 1, "smoothing": 0}, "smoothing"),
                         ({"target_kl": 1, "kp": -1}, "kp >= 0"), ({"target_kl": 1, "beta_min": 2, "beta_max": 1},
                                                                    "beta_min < beta_max")]:
         with pytest.raises(CVAEError, match=needle):

@@ -74,7 +74,7 @@ def _valid_values(key) -> st.SearchStrategy:
         low = 1 if key.check_doc == "> 0" else 0 if key.check_doc == ">= 0" else -(2**40)
         return st.integers(min_value=low, max_value=2**40)
     if key.type == (int, float):
-        low = {"> 0": 1e-9, "finite and > 0": 1e-9, ">= 0": 0.0}.get(key.check_doc, -1e6)
+        low = {"> 0": 1e-9, "finite and > 0": 1e-9, ">= 0": 0.0, "finite and >= 0": 0.0}.get(key.check_doc, -1e6)
         numbers = st.one_of(st.floats(min_value=low, max_value=1e6, allow_nan=False, allow_infinity=False,
                                       allow_subnormal=False), st.integers(min_value=math.ceil(low), max_value=2**40))
         return numbers.filter(key.check) if key.check else numbers  # a rule beyond a bound (data.validation)
