@@ -292,7 +292,8 @@ def validate(cfg: Mapping[str, Any], registry: Any = None, sections: Iterable[st
     if wanted is None or {"data", "train"} <= set(wanted):
         needs = [k for k in ("train.keep_best", "train.patience") if get(cfg, k)]
         if needs and not get(cfg, "data.validation"):
-            raise ConfigError(f"{' and '.join(needs)} {'pick' if len(needs) > 1 else 'picks'} epochs by the validation ELBO, and this run has no "
+            verb = "pick" if len(needs) > 1 else "picks"
+            raise ConfigError(f"{' and '.join(needs)} {verb} epochs by the validation ELBO, and this run has no "
                               f"validation split: add --set data.validation=0.1 (a fraction, or a count of examples)")
     for name, entry in cfg["conditions"].items() if wanted is None or "conditions" in wanted else ():
         if not isinstance(entry, dict) or set(entry) - {"encoder", "options"}:

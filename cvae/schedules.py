@@ -89,7 +89,8 @@ class KLTarget(Schedule):
         if target_kl is None:
             raise CVAEError("schedule 'kl_target' needs the option target_kl (nats per example), for example "
                             "--set train.schedule_options.target_kl=10")
-        if isinstance(target_kl, bool) or not isinstance(target_kl, (int, float)) or not math.isfinite(target_kl) or not target_kl > 0:
+        number = isinstance(target_kl, (int, float)) and not isinstance(target_kl, bool)
+        if not (number and math.isfinite(target_kl) and target_kl > 0):
             raise CVAEError(f"schedule 'kl_target': target_kl must be a number > 0 (nats), got {target_kl!r}")
         if not (kp >= 0 and ki >= 0 and 0 < smoothing <= 1):
             raise CVAEError(f"schedule 'kl_target': needs kp >= 0, ki >= 0 and 0 < smoothing <= 1; "

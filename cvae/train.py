@@ -31,8 +31,8 @@ from .plugins import call_hook, get_registry
 __all__ = ["Trainer", "NonFiniteLossError", "train", "resumed_config"]
 
 # Keys a resumed run may change: everything else must match the checkpoint's config.
-RESUMABLE_KEYS = ("train.epochs", "train.patience", "train.progress", "train.checkpoint_every", "train.checkpoint_steps", "train.keep_checkpoints",
-                  "eval.at_end", "eval.iwae_samples", "eval.batch_size", "eval.sample_mode",
+RESUMABLE_KEYS = ("train.epochs", "train.patience", "train.progress", "train.checkpoint_every", "train.checkpoint_steps",
+                  "train.keep_checkpoints", "eval.at_end", "eval.iwae_samples", "eval.batch_size", "eval.sample_mode",
                   "eval.temperature", "device", "fit_prior.after_training", "fit_prior.components", "fit_prior.rank",
                   "fit_prior.draws")
 
@@ -52,8 +52,8 @@ class Trainer:
     a resume, at the run's own values.
 
     Writes `metrics.jsonl` (one row per epoch), `checkpoints/step-*.pt` (and `best.pt` with train.keep_best),
-    `config.toml`-equivalent `config.json`, and at the end `samples.png`, `reconstructions.png` and `eval.json`. Under torchrun each
-    process trains on its shard of every batch and rank 0 alone writes (see `cvae.distributed`)."""
+    `config.toml`-equivalent `config.json`, and at the end `samples.png`, `reconstructions.png` and `eval.json`.
+    Under torchrun each process trains on its shard of every batch and rank 0 alone writes (see `cvae.distributed`)."""
 
     def __init__(self, config: Mapping[str, Any], run_dir: str | Path, resume: bool = False) -> None:
         self.run_dir = Path(run_dir)

@@ -17,7 +17,6 @@ top-right one, "quadrant3" adds the bottom-right one (only the top-left is hidde
 from __future__ import annotations
 
 import re
-
 from collections.abc import Sequence
 from typing import Any
 
@@ -154,7 +153,8 @@ def load_completion(*, dataset: str = "digits", dataset_options: dict[str, Any] 
     try:
         base = spec.build(options=dataset_options or {}, where=f"data.options.dataset_options (dataset {dataset!r})")
     except cvae.CVAEError as exc:  # the wrapped dataset names its own options; here they sit one table down
-        raise type(exc)(re.sub(r"\bdata\.options\.(?!dataset_options)", "data.options.dataset_options.", str(exc))) from None
+        moved = re.sub(r"\bdata\.options\.(?!dataset_options)", "data.options.dataset_options.", str(exc))
+        raise type(exc)(moved) from None
     t = base.target
     if not t.is_image:
         raise cvae.CVAEError(f"dataset 'completion': {dataset!r} has targets of shape {tuple(t.shape)}, not images "
