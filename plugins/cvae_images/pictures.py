@@ -2,7 +2,7 @@
 
 For a model trained on the `completion` dataset the completions are its own conditional samples
 (visible part given, hidden part drawn from p(y | x)); for any other image model they are
-pseudo-Gibbs completions of the left half hidden (`cvae.pictures.complete`).
+pseudo-Gibbs completions of the hidden right half (`cvae.pictures.complete`).
 """
 
 from __future__ import annotations
