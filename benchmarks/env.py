@@ -17,28 +17,27 @@ __all__ = ["device_info", "device_slug", "git_info", "environment"]
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _cpu_name() -> str:
+def _cpuinfo(field: str) -> str | None:
+    """The value of the first `field` line of /proc/cpuinfo (None where there is none)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith(field):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def _cpu_name() -> str:
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 _ISA = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")  # the instruction sets that change which variant is fastest
 
 
 def _cpu_isa() -> list[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                present = set(line.split(":", 1)[1].split())
-                return [f for f in _ISA if f in present]
-    except OSError:
-        pass
-    return []
+    present = set((_cpuinfo("flags") or "").split())
+    return [f for f in _ISA if f in present]
 
 
 def device_info(device: torch.device) -> dict[str, Any]:
