@@ -42,8 +42,12 @@ def _rows(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_patience_stops_training_and_the_best_epoch_is_kept_and_evaluated(tiny_config, tmp_path, scripted_val_elbo):
+def test_patience_stops_training_and_the_best_epoch_is_kept_and_evaluated(tiny_config, tmp_path, scripted_val_elbo,
+                                                                           lifecycle_plugin):
     scripted_val_elbo([-50.0, -30.0, -40.0, -45.0, -20.0, -10.0])
+    at_end = {}
+    lifecycle_plugin("end_watcher", cvae_fit_end=lambda trainer, metrics: at_end.update(
+        metrics=metrics, weights={k: v.clone() for k, v in trainer.model.state_dict().items()}))
     run_dir = tmp_path / "run"
     trainer = Trainer(tiny_config("data.validation=48", "train.epochs=6", "train.keep_best=true", "train.patience=2",
                                   "train.keep_checkpoints=10"), run_dir)
@@ -58,6 +62,11 @@ def test_patience_stops_training_and_the_best_epoch_is_kept_and_evaluated(tiny_c
     assert all(torch.equal(v, best["model"][k]) for k, v in trainer.model.state_dict().items())
     summary = json.loads((run_dir / "eval.json").read_text())
     assert (summary["checkpoint"].endswith("best.pt"), summary["epoch"], summary["step"]) == (True, 2, 10)
+    # and so are what cvae_fit_end sees: the kept weights, which epoch they are, and eval.json's figures
+    assert all(torch.equal(v, best["model"][k]) for k, v in at_end["weights"].items())
+    ended = at_end["metrics"]
+    assert (ended["epoch"], ended["best_epoch"], ended["best_step"], ended["best_val_elbo"]) == (4, 2, 10, -30.0)
+    assert ended["eval"] == summary
     # every command that opens the run sees the kept epoch; `last` the newest checkpoint
     assert load_run(run_dir).epoch == 2 and load_run(run_dir, last=True).epoch == 4
 
