@@ -141,6 +141,21 @@ def test_image_folder_resizes_to_the_first_image_and_errors(tmp_path):
         load_image_folder(root=str(tmp_path / "mixed"), grayscale="false")
 
 
+def test_a_failed_download_is_one_line_naming_the_root(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    def offline(root, download, **kwargs):
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://a.example/, got:\n"
+                           "<urlopen error [Errno -2] Name or service not known>\n")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
+    with pytest.raises(cvae.CVAEError) as err:
+        load_mnist(root=str(tmp_path / "data"), download=True)
+    message = str(err.value)
+    assert "\n" not in message and "Name or service not known" in message
+    assert f"download into {tmp_path / 'data'} failed" in message and "download=false" in message
+
+
 @pytest.mark.parametrize("loader, where", [(load_mnist, "MNIST"), (load_fashion_mnist, "FashionMNIST"),
                                            (load_cifar10, "cifar-10-batches-py"), (load_celeba, "celeba")])
 def test_missing_files_say_where_and_how(loader, where, tmp_path):

@@ -51,7 +51,9 @@ def _download(name: str, cls_name: str, root: Path, **kwargs: Any) -> None:
     try:
         getattr(torchvision.datasets, cls_name)(str(root), download=True, **kwargs)
     except Exception as exc:  # torchvision raises RuntimeError, URLError, OSError... for a failed download
-        raise cvae.CVAEError(f"dataset {name!r}: download into {root} failed: {exc}") from exc
+        reason = " ".join(str(exc).split())  # torchvision's message spans lines, one per mirror tried
+        raise cvae.CVAEError(f"dataset {name!r}: download into {root} failed ({reason}). Without a network, copy "
+                             f"the dataset's files under {root} and leave data.options.download=false") from exc
 
 
 # -- MNIST and Fashion-MNIST ---------------------------------------------------------------------------
