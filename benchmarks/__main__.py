@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["compare"]:
         p = argparse.ArgumentParser(prog="python -m benchmarks compare",
-                                    description="Compare a result with a baseline (default: the previous result in the same folder). "
+                                    description="Compare a result with a baseline (default: the newest older comparable result in the same folder). "
                                                 "Exit 0: no regression; 1: a regression or a failed correctness check; "
                                                 "2: not comparable (another device, torch version or thread count), nothing judged.")
         p.add_argument("new")

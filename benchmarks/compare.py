@@ -36,10 +36,23 @@ def load(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def default_base(new: Path) -> Path | None:
-    """The newest other result in NEW's folder that is older than NEW (file names are UTC timestamps)."""
-    older = sorted(p for p in new.parent.glob("*.json") if p.name < new.name)
-    return older[-1] if older else None
+def _older(new: Path) -> list[Path]:
+    """The other results in NEW's folder that are older than NEW, newest first (names are UTC timestamps)."""
+    return sorted((p for p in new.parent.glob("*.json") if p.name < new.name), reverse=True)
+
+
+def default_base(new: Path, new_doc: Mapping[str, Any] | None = None) -> Path | None:
+    """The newest result in NEW's folder older than NEW; given NEW's contents, the newest that is readable and
+    comparable with it (a result of another tier or torch in between is passed over, not a dead end)."""
+    for path in _older(new):
+        if new_doc is None:
+            return path
+        try:
+            if not incomparable(new_doc, load(path)):
+                return path
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def _get(doc: Mapping[str, Any], path: tuple[str, ...]) -> Any:
@@ -105,9 +118,12 @@ def main(new_path: str, base_path: str | None, factor: float = DEFAULT_FACTOR, a
     new_file = Path(new_path)
     try:
         new = load(new_file)
-        base_file = Path(base_path) if base_path else default_base(new_file)
+        base_file = Path(base_path) if base_path else default_base(new_file, new)
         if base_file is None:
-            print(f"no baseline: {new_file.parent} holds no result older than {new_file.name}; nothing compared")
+            older = len(_older(new_file))
+            print(f"no baseline: {new_file.parent} holds no result older than {new_file.name}"
+                  + (f" that is comparable with it ({older} older, of another device, torch, thread count or tier, "
+                     f"or unreadable; name BASE to see why)" if older else "") + "; nothing compared")
             return 2
         base = load(base_file)
     except (OSError, ValueError) as exc:

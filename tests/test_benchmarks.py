@@ -183,6 +183,24 @@ def test_compare_without_a_baseline_says_so(tmp_path, capsys):
     assert "no baseline" in capsys.readouterr().out
 
 
+def test_the_default_baseline_passes_over_incomparable_and_unreadable_results(tiny_result, tmp_path, capsys):
+    _, result = tiny_result
+    folder = tmp_path / "results"
+    folder.mkdir()
+    write = lambda name, doc: (folder / name).write_text(json.dumps(doc))  # noqa: E731
+    write("2030-01-01T00-00-00Z.json", result)                                      # comparable
+    write("2030-01-02T00-00-00Z.json", {**result, "flags": {**result["flags"], "tier": "quick"}})
+    (folder / "2030-01-03T00-00-00Z.json").write_text("{cut short")
+    write("2030-01-04T00-00-00Z.json", result)                                      # NEW
+    new = folder / "2030-01-04T00-00-00Z.json"
+    assert cmp.default_base(new, result).name == "2030-01-01T00-00-00Z.json"
+    assert cmp.main(str(new), None) == 0
+    assert "2030-01-01T00-00-00Z.json  ->" in capsys.readouterr().out
+    (folder / "2030-01-01T00-00-00Z.json").unlink()  # only incomparable ones left: no baseline, and why
+    assert cmp.main(str(new), None) == 2
+    assert "no result older than 2030-01-04T00-00-00Z.json that is comparable with it (2 older" in capsys.readouterr().out
+
+
 def test_absolute_mode_knows_latency_is_lower_is_better():
     row = {"benchmark": "latency.policy", "batch": 1, "variant": "toolkit", "metric": "latency_us", "unit": "us",
            "higher_is_better": False, "value": 100.0, "ratio": 0.5}
