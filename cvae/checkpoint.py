@@ -25,6 +25,7 @@ __all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "list_checkpoints", "
 
 FORMAT = "cvae-checkpoint"
 VERSION = 1
+REQUIRED = frozenset({"config", "model", "target", "conditions", "step", "epoch", "batch"})  # what every checkpoint holds
 _NAME = re.compile(r"step-(\d+)\.pt$")
 _TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}$")  # what atomic_write's mkstemp names look like
 
@@ -145,7 +146,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         raise CheckpointError(f"{path} is not a cvae checkpoint (no '{FORMAT}' marker){_fallback(path)}")
     if state.get("version") != VERSION:
         raise CheckpointError(f"{path} has checkpoint version {state.get('version')}; this cvae reads version {VERSION}")
-    missing = {"config", "model", "target", "conditions", "step", "epoch", "batch"} - set(state)
+    missing = REQUIRED - set(state)
     if missing:
         raise CheckpointError(f"{path} lacks {sorted(missing)}{_fallback(path)}")
     return state
@@ -165,6 +166,21 @@ def _fallback(path: Path) -> str:
     if path.name == best_path(path.parent).name:
         return "; move it away and the run's commands open its newest checkpoint instead"
     older = [p for p in list_checkpoints(path.parent) if p.name < path.name]
+    good = next((p for p in reversed(older) if _readable(p)), None)
+    if good is not None:
+        skipped = older.index(good) != len(older) - 1
+        return (f"; {'the newest usable older' if skipped else 'the previous'} checkpoint {good} is kept: move "
+                f"{path.name}{' and the damaged ones after it' if skipped else ''} away to resume from it")
     if older:
-        return f"; the previous checkpoint {older[-1]} is kept: move {path.name} away to resume from it"
+        return f"; the {len(older)} older checkpoint(s) in {path.parent} are unusable too"
     return ""
+
+
+def _readable(path: Path) -> bool:
+    """Whether `path` loads as a checkpoint of this format (a fallback worth naming); a full read, on error paths only."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return False
+    return (isinstance(state, dict) and state.get("format") == FORMAT and state.get("version") == VERSION
+            and REQUIRED <= set(state))

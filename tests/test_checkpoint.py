@@ -152,6 +152,21 @@ def test_a_bad_newest_checkpoint_names_the_older_good_one(tmp_path, kind):
     assert load_checkpoint(latest_checkpoint(tmp_path))["step"] == 6
 
 
+def test_a_bad_newest_checkpoint_passes_over_damaged_older_ones(tmp_path):
+    good = save_checkpoint(tmp_path, minimal_state(3), keep=3)
+    damaged = [save_checkpoint(tmp_path, minimal_state(step), keep=3) for step in (6, 9)]
+    damaged[0].write_bytes(b"")
+    damaged[1].write_bytes(damaged[1].read_bytes()[:100])
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(damaged[1])
+    assert (f"the newest usable older checkpoint {good} is kept: move {damaged[1].name} and the damaged ones after "
+            f"it away to resume from it") in str(info.value)
+    good.write_bytes(b"junk")
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(damaged[1])
+    assert f"the 2 older checkpoint(s) in {tmp_path} are unusable too" in str(info.value)
+
+
 def test_a_checkpoint_missing_fields_or_of_another_version(tmp_path):
     path = tmp_path / "step-000000001.pt"
     torch.save({"format": FORMAT, "version": 1, "step": 1}, path)
