@@ -34,6 +34,10 @@ def load_run(run_dir: str | Path, device: str = "auto", last: bool = False) -> R
     """The model of a run directory, in eval mode: at the epoch `train.keep_best` kept (checkpoints/best.pt)
     if it kept one, else (or with `last`) at its newest checkpoint."""
     run_dir = Path(run_dir)
+    if run_dir.is_file():
+        hint = (f"; pass the run it belongs to, {run_dir.parent.parent}" if run_dir.parent.name == "checkpoints"
+                else " (a run directory is the --out of `cvae train`, holding checkpoints/ and config.json)")
+        raise CVAEError(f"{run_dir} is a file, not a run directory{hint}")
     if not run_dir.is_dir():
         raise CVAEError(f"run directory {run_dir} does not exist (it is the --out of `cvae train`)")
     best = best_path(run_dir / "checkpoints")

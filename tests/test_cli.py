@@ -269,6 +269,14 @@ def test_eval_errors_exit_2(tiny, tiny_run, capsys, tmp_path):
     code, _, stderr = run_cli(capsys, "eval", tmp_path / "empty")
     assert code == 2
     assert_one_line_error(stderr, "no checkpoint in")
+    (tmp_path / "notes.txt").write_text("not a run")
+    code, _, stderr = run_cli(capsys, "eval", tmp_path / "notes.txt")
+    assert code == 2
+    assert_one_line_error(stderr, "notes.txt is a file, not a run directory", "the --out of `cvae train`")
+    checkpoint = list_checkpoints(tiny_run / "checkpoints")[-1]  # a checkpoint: name its run
+    code, _, stderr = run_cli(capsys, "eval", checkpoint)
+    assert code == 2
+    assert_one_line_error(stderr, "is a file, not a run directory", f"pass the run it belongs to, {tiny_run}")
 
 
 def test_eval_of_a_truncated_checkpoint_names_the_older_one(run_copy, tiny_config, capsys):
