@@ -226,14 +226,31 @@ def load_celeba(*, root: str = DEFAULT_ROOT, download: bool = False, size: int =
 # -- a folder of images ------------------------------------------------------------------------------
 
 
+def _fit_to(image: torch.Tensor, size: tuple[int, int], fit: str) -> torch.Tensor:
+    """`image` at `size`: scaled to cover it and centre-cropped (`fit="crop"`, the aspect ratio kept) or
+    scaled to it (`"stretch"`)."""
+    import torchvision.transforms.v2.functional as TF
+
+    if fit == "stretch":
+        return TF.resize(image, list(size), antialias=True)
+    h, w = image.shape[-2:]
+    scale = max(size[0] / h, size[1] / w)
+    covering = [max(size[0], round(h * scale)), max(size[1], round(w * scale))]
+    return TF.center_crop(TF.resize(image, covering, antialias=True), list(size))
+
+
 def load_image_folder(*, root: str, size: int | list[int] | None = None, grayscale: bool = False,
-                      test_fraction: float = 0.2, split_seed: int = 0) -> cvae.DataBundle:
-    """Every image under `root/<class>/` (class = subfolder name, sorted), resized to `size` (an int
+                      fit: str = "crop", test_fraction: float = 0.2, split_seed: int = 0) -> cvae.DataBundle:
+    """Every image under `root/<class>/` (class = subfolder name, sorted), brought to `size` (an int
     for square images or [height, width]; default: the first image's size), RGB or `grayscale`, with
-    condition "label" and a fixed-seed split stratified by class. All images are held in memory as
-    8-bit pixels."""
+    condition "label" and a fixed-seed split stratified by class. An image of another size is scaled to
+    cover `size` and centre-cropped, keeping its aspect ratio (`fit="crop"`), or scaled to it
+    (`"stretch"`). All images are held in memory as 8-bit pixels."""
     if not isinstance(grayscale, bool):
         raise cvae.CVAEError(f"dataset 'image_folder': grayscale must be true or false, got {grayscale!r}")
+    if fit not in ("crop", "stretch"):
+        raise cvae.CVAEError(f"dataset 'image_folder': fit must be \"crop\" (keep the aspect ratio, centre-crop) "
+                             f"or \"stretch\", got {fit!r}")
     base = _root(root)
     if not base.is_dir():
         raise cvae.CVAEError(f"dataset 'image_folder': {base} is not a directory; data.options.root must name a "
@@ -259,9 +276,7 @@ def load_image_folder(*, root: str, size: int | list[int] | None = None, graysca
         if target_size is None:
             target_size = tuple(image.shape[-2:])
         if tuple(image.shape[-2:]) != target_size:
-            import torchvision.transforms.v2.functional as TF
-
-            image = TF.resize(image, list(target_size), antialias=True)
+            image = _fit_to(image, target_size, fit)
         images.append(image)
         labels.append(classes.index(c))
     pixels = torch.stack(images)
