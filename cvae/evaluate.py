@@ -26,8 +26,9 @@ class EvalContext:
     """What a metric plugin sees. `run_dir` (None outside a run) is where a metric may cache work,
     such as a classifier trained on the real training split; `seed` makes its randomness repeatable;
     `sample_mode` is how samples are decoded ("mean" or "sample"); `temperature` scales the prior's noise
-    when a metric draws samples (pass it to `model.sample`). `source_dir` is the trained run a derived
-    run (`cvae fit-prior`) came from: a metric may reuse caches found there, and must not write there."""
+    when a metric draws samples (pass it to `model.sample`). `source_dir` is another run whose caches a
+    metric may reuse, and must not write to: the trained run a derived one (`cvae fit-prior`) came from, or
+    an earlier variant of `cvae compare`. A cache is reused only if it was made from the same data."""
 
     model: CVAE
     data: DataBundle

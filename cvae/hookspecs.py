@@ -125,7 +125,7 @@ def cvae_metrics() -> list:
 
     Returns a list of `MetricSpec`; `factory()` returns `metric(context) -> dict[str, float] | None`,
     where `context` is a `cvae.evaluate.EvalContext` (model, data, device, seed, sample_mode,
-    temperature, run_dir for caches, source_dir: the trained run of a derived one). Return None
+    temperature, run_dir for caches, source_dir: another run whose caches may be reused, read only). Return None
     when the metric does not apply (for example, class accuracy on unlabelled data). A value may also
     be a list of floats (None where undefined), or a matrix as a list of such lists (None for an
     undefined row); `cvae eval` prints those whose name ends in `_by_class` or, for matrices,

@@ -53,10 +53,14 @@ class Trainer:
 
     Writes `metrics.jsonl` (one row per epoch), `checkpoints/step-*.pt` (and `best.pt` with train.keep_best),
     `config.toml`-equivalent `config.json`, and at the end `samples.png`, `reconstructions.png` and `eval.json`.
-    Under torchrun each process trains on its shard of every batch and rank 0 alone writes (see `cvae.distributed`)."""
+    Under torchrun each process trains on its shard of every batch and rank 0 alone writes (see `cvae.distributed`).
+    `cache_from` names another run whose evaluation caches (a judge classifier of the same data) the final
+    evaluation may reuse, read only: `cvae compare` passes an earlier variant."""
 
-    def __init__(self, config: Mapping[str, Any], run_dir: str | Path, resume: bool = False) -> None:
+    def __init__(self, config: Mapping[str, Any], run_dir: str | Path, resume: bool = False,
+                 cache_from: str | Path | None = None) -> None:
         self.run_dir = Path(run_dir)
+        self.cache_from = Path(cache_from) if cache_from is not None else None
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.dist = distributed.context()
         state = None
@@ -391,7 +395,7 @@ class Trainer:
             return best
         results = evaluate(self.model, self.data, self.device, run_dir=self.run_dir, seed=self.config["seed"],
                            iwae_samples=ec["iwae_samples"], batch_size=ec["batch_size"], sample_mode=ec["sample_mode"],
-                           temperature=ec["temperature"])
+                           temperature=ec["temperature"], source_dir=self.cache_from)
         if best:  # as `cvae eval` records which checkpoint it evaluated
             results = {"checkpoint": str(best_path(self.ckpt_dir)), "epoch": best["best_epoch"], "step": best["best_step"],
                        **results}

@@ -279,19 +279,30 @@ def test_compare_variants_side_by_side(fresh_plugins, capsys, tmp_path):
     assert main(["compare", "--out", str(tmp_path / "x"), "--variant", "a", "--priors", "standard"]) == 2
 
 
-@pytest.mark.slow
 def test_compare_variants_on_labelled_digits(fresh_plugins, capsys, tmp_path, monkeypatch):
     """The same on labelled digits: the judge classifier's figures for every variant (a briefly
-    trained judge and few samples: this checks the plumbing, not the figures)."""
+    trained judge and few samples: this checks the plumbing, not the figures). The judge is trained
+    once, by the first variant, and reused by the others, whose data is the same."""
+    from cvae_labels import metrics
     from cvae_labels.metrics import make_class_metric
 
     monkeypatch.setattr(make_class_metric, "__kwdefaults__",
                         {**make_class_metric.__kwdefaults__, "steps": 50, "samples_per_class": 10})
+    trained = []
+    real_train_judge = metrics._train_judge
+    monkeypatch.setattr(metrics, "_train_judge", lambda *a, **k: trained.append(1) or real_train_judge(*a, **k))
     sets = [*TINY, "data.options={test_fraction=0.1}"]
     assert main(["compare", "--out", str(tmp_path / "cmp"), *(x for s in sets for x in ("--set", s)), *VARIANTS]) == 0
     out = capsys.readouterr().out
     for text in ("sample acc", "recon acc", "Frechet ratio", "fcn-pixelcnn"):
         assert text in out
+    assert len(trained) == 1
+    judges = {name: (tmp_path / "cmp" / name / "classifier.pt").read_bytes() for name in ("conv", "fcn-pixelcnn")}
+    assert judges["conv"] == judges["fcn-pixelcnn"]
+    # a variant of other data trains its own judge
+    assert main(["compare", "--out", str(tmp_path / "cmp2"), *(x for s in sets for x in ("--set", s)),
+                 "--variant", "a model.prior=standard", "--variant", "b model.prior=standard data.options.test_fraction=0.2"]) == 0
+    assert len(trained) == 3
 
 
 def test_completion_with_visible_part_as_feature_maps(fresh_plugins, tmp_path):

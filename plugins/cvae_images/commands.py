@@ -151,9 +151,10 @@ class CompareCommand:
             config_mod.validate(cfg)
             configs.append(cfg)  # every variant is checked before any trains
         rows: list[tuple[str, dict[str, Any]]] = []
-        for (name, _), cfg in zip(variants, configs):
+        for i, ((name, _), cfg) in enumerate(zip(variants, configs)):
             label = name if args.variants else f"prior={name}"
-            rows.append((label, self._run_one(cfg, args.out / name, label)))
+            # the first variant's evaluation caches (its judge) serve the others where their data is the same
+            rows.append((label, self._run_one(cfg, args.out / name, label, args.out / variants[0][0] if i else None)))
         data = cvae.load_data(base)
         deterministic = args.deterministic if args.deterministic is not None else completion_info(data) is not None
         if deterministic:
@@ -170,7 +171,7 @@ class CompareCommand:
         return 0
 
     @staticmethod
-    def _run_one(cfg: dict[str, Any], out: Path, label: str) -> dict[str, Any]:
+    def _run_one(cfg: dict[str, Any], out: Path, label: str, cache_from: Path | None) -> dict[str, Any]:
         from cvae.checkpoint import list_checkpoints
         from cvae.train import Trainer
 
@@ -187,7 +188,7 @@ class CompareCommand:
             raise cvae.CVAEError(f"{out} holds a run of another configuration than this {label} variant; remove it "
                                  f"or give cvae compare another --out")
         print(f"cvae compare: {'resuming' if resume else 'training'} {label} -> {out}", file=sys.stderr)
-        metrics = Trainer(cfg, out, resume=resume).fit()
+        metrics = Trainer(cfg, out, resume=resume, cache_from=cache_from).fit()
         return {**metrics["eval"], "train_seconds": _train_seconds(out)}
 
     @staticmethod
