@@ -203,6 +203,16 @@ def test_klwatch_checks_steps_and_rearms_after_recovery(monkeypatch):
     assert id(trainer) not in cvae_klwatch._watches
 
 
+@pytest.mark.parametrize("value", ["abc", "nan", "-1", "inf"])
+def test_klwatch_settings_that_are_not_finite_numbers_are_named_and_replaced_by_the_default(monkeypatch, value):
+    monkeypatch.setenv("CVAE_KLWATCH_MIN_KL", value)
+    trainer = _fake_trainer(epochs=10)
+    said = _emitted(lambda: cvae_klwatch.cvae_fit_start(trainer=trainer))
+    assert said == [f"CVAE_KLWATCH_MIN_KL={value!r} is not a finite number >= 0; using 0.5"]
+    assert cvae_klwatch._watch(trainer).min_kl == 0.5
+    cvae_klwatch.cvae_fit_end(trainer=trainer, metrics={})
+
+
 def test_klwatch_waits_out_an_early_dip_but_not_a_collapse():
     # the bundled digits' default run (100 epochs): its KL dips for four epochs, then z comes into use
     digits = [0.486, 0.124, 0.128, 0.245, 0.626, 1.04, 1.42, 1.99, 2.5, 3.4, 3.6, 4.0]

@@ -48,10 +48,13 @@ def _warn(message: str) -> None:
 
 def _env_float(name: str, default: float) -> float:
     try:
-        return float(os.environ.get(name, default))
+        value = float(os.environ.get(name, default))
     except ValueError:
-        _warn(f"{name}={os.environ[name]!r} is not a number; using {default}")
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        _warn(f"{name}={os.environ[name]!r} is not a finite number >= 0; using {default}")
         return default
+    return value
 
 
 @dataclass
