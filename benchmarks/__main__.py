@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         p = argparse.ArgumentParser(prog="python -m benchmarks compare",
                                     description="Compare a result with a baseline (default: the newest older comparable result in the same folder). "
                                                 "Exit 0: no regression; 1: a regression or a failed correctness check; "
-                                                "2: not comparable (another device, torch version or thread count), nothing judged.")
+                                                "2: not comparable (another device, torch version, thread count or tier), no baseline or "
+                                                "no rows in common, nothing judged.")
         p.add_argument("new")
         p.add_argument("base", nargs="?")
         p.add_argument("--factor", type=float, default=DEFAULT_FACTOR,

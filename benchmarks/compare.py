@@ -55,6 +55,21 @@ def default_base(new: Path, new_doc: Mapping[str, Any] | None = None) -> Path | 
     return None
 
 
+def _why_none_fits(new: Path, new_doc: Mapping[str, Any]) -> str:
+    """Why none of the older results in NEW's folder can be its baseline: the newest readable one's reasons."""
+    older = _older(new)
+    if not older:
+        return ""
+    for path in older:
+        try:
+            reasons = incomparable(new_doc, load(path))
+        except (OSError, ValueError):
+            continue
+        return (f" that is comparable with it ({len(older)} older; the newest readable, {path.name}, differs in "
+                f"{'; '.join(reasons)})")
+    return f" that is comparable with it ({len(older)} older, none readable as a result file)"
+
+
 def _get(doc: Mapping[str, Any], path: tuple[str, ...]) -> Any:
     for key in path:
         doc = doc.get(key, {}) if isinstance(doc, Mapping) else {}
@@ -120,10 +135,8 @@ def main(new_path: str, base_path: str | None, factor: float = DEFAULT_FACTOR, a
         new = load(new_file)
         base_file = Path(base_path) if base_path else default_base(new_file, new)
         if base_file is None:
-            older = len(_older(new_file))
             print(f"no baseline: {new_file.parent} holds no result older than {new_file.name}"
-                  + (f" that is comparable with it ({older} older, of another device, torch, thread count or tier, "
-                     f"or unreadable; name BASE to see why)" if older else "") + "; nothing compared")
+                  + _why_none_fits(new_file, new) + "; nothing compared")
             return 2
         base = load(base_file)
     except (OSError, ValueError) as exc:

@@ -168,11 +168,14 @@ def _fallback(path: Path) -> str:
     older = [p for p in list_checkpoints(path.parent) if p.name < path.name]
     good = next((p for p in reversed(older) if _readable(p)), None)
     if good is not None:
-        skipped = older.index(good) != len(older) - 1
-        return (f"; {'the newest usable older' if skipped else 'the previous'} checkpoint {good} is kept: move "
-                f"{path.name}{' and the damaged ones after it' if skipped else ''} away to resume from it")
+        damaged = [p.name for p in older if p.name > good.name]
+        if not damaged:
+            return f"; the previous checkpoint {good} is kept: move {path.name} away to resume from it"
+        return (f"; the newest usable older checkpoint is {good}: move {', '.join([path.name, *damaged[::-1]])} "
+                f"away to resume from it")
     if older:
-        return f"; the {len(older)} older checkpoint(s) in {path.parent} are unusable too"
+        return (f"; the older checkpoint{'s' if len(older) > 1 else ''} in {path.parent} "
+                f"({', '.join(p.name for p in older)}) {'are' if len(older) > 1 else 'is'} unusable too")
     return ""
 
 

@@ -28,7 +28,8 @@ class EvalContext:
     `sample_mode` is how samples are decoded ("mean" or "sample"); `temperature` scales the prior's noise
     when a metric draws samples (pass it to `model.sample`). `source_dir` is another run whose caches a
     metric may reuse, and must not write to: the trained run a derived one (`cvae fit-prior`) came from, or
-    an earlier variant of `cvae compare`. A cache is reused only if it was made from the same data."""
+    an earlier variant of `cvae compare`; a metric should reuse a cache there only if it was made from the
+    same data (the built-in judge checks a fingerprint of the training split)."""
 
     model: CVAE
     data: DataBundle

@@ -242,9 +242,10 @@ def cvae_epoch_end(trainer: Any, epoch: int, metrics: dict) -> None:
 @hookspec
 def cvae_fit_end(trainer: Any, metrics: dict) -> None:
     """Called once when training finishes normally, with the last epoch's metrics, and under `eval`
-    what eval.json holds when the evaluation at the end ran. Under `train.keep_best`, `trainer.model` holds
-    the kept epoch's weights by then (the pictures and the evaluation are of it), and `metrics` adds
-    `best_epoch`, `best_step` and `best_val_elbo`.
+    what eval.json holds when the evaluation at the end ran. Under `train.keep_best`, once an epoch was kept,
+    `trainer.model` holds its weights by then (the pictures and the evaluation are of it), and `metrics`
+    adds `best_epoch`, `best_step` and `best_val_elbo`. Under torchrun only rank 0 evaluates: the other
+    ranks see the last row alone.
 
     Example::
 

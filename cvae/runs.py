@@ -35,7 +35,8 @@ def load_run(run_dir: str | Path, device: str = "auto", last: bool = False) -> R
     if it kept one, else (or with `last`) at its newest checkpoint."""
     run_dir = Path(run_dir)
     if run_dir.is_file():
-        hint = (f"; pass the run it belongs to, {run_dir.parent.parent}" if run_dir.parent.name == "checkpoints"
+        owner = next((d for d in run_dir.resolve().parents[:2] if (d / "checkpoints").is_dir()), None)
+        hint = (f"; pass the run it belongs to, {owner}" if owner is not None
                 else " (a run directory is the --out of `cvae train`, holding checkpoints/ and config.json)")
         raise CVAEError(f"{run_dir} is a file, not a run directory{hint}")
     if not run_dir.is_dir():

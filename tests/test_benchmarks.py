@@ -198,7 +198,9 @@ def test_the_default_baseline_passes_over_incomparable_and_unreadable_results(ti
     assert "2030-01-01T00-00-00Z.json  ->" in capsys.readouterr().out
     (folder / "2030-01-01T00-00-00Z.json").unlink()  # only incomparable ones left: no baseline, and why
     assert cmp.main(str(new), None) == 2
-    assert "no result older than 2030-01-04T00-00-00Z.json that is comparable with it (2 older" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert ("no result older than 2030-01-04T00-00-00Z.json that is comparable with it (2 older; the newest readable, "
+            "2030-01-02T00-00-00Z.json, differs in flags.tier: 'quick' vs 'tiny')") in said
 
 
 def test_absolute_mode_knows_latency_is_lower_is_better():

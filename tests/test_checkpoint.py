@@ -159,12 +159,13 @@ def test_a_bad_newest_checkpoint_passes_over_damaged_older_ones(tmp_path):
     damaged[1].write_bytes(damaged[1].read_bytes()[:100])
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(damaged[1])
-    assert (f"the newest usable older checkpoint {good} is kept: move {damaged[1].name} and the damaged ones after "
-            f"it away to resume from it") in str(info.value)
+    assert (f"the newest usable older checkpoint is {good}: move {damaged[1].name}, {damaged[0].name} away to resume "
+            f"from it") in str(info.value)
     good.write_bytes(b"junk")
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(damaged[1])
-    assert f"the 2 older checkpoint(s) in {tmp_path} are unusable too" in str(info.value)
+    assert (f"the older checkpoints in {tmp_path} ({good.name}, {damaged[0].name}) are unusable too"
+            in str(info.value))
 
 
 def test_a_checkpoint_missing_fields_or_of_another_version(tmp_path):

@@ -276,7 +276,10 @@ def test_eval_errors_exit_2(tiny, tiny_run, capsys, tmp_path):
     checkpoint = list_checkpoints(tiny_run / "checkpoints")[-1]  # a checkpoint: name its run
     code, _, stderr = run_cli(capsys, "eval", checkpoint)
     assert code == 2
-    assert_one_line_error(stderr, "is a file, not a run directory", f"pass the run it belongs to, {tiny_run}")
+    assert_one_line_error(stderr, "is a file, not a run directory", f"pass the run it belongs to, {tiny_run.resolve()}")
+    code, _, stderr = run_cli(capsys, "eval", tiny_run / "config.json")  # a file of the run itself
+    assert code == 2
+    assert_one_line_error(stderr, "is a file, not a run directory", f"pass the run it belongs to, {tiny_run.resolve()}")
 
 
 def test_eval_of_a_truncated_checkpoint_names_the_older_one(run_copy, tiny_config, capsys):

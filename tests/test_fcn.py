@@ -297,8 +297,7 @@ def test_compare_variants_on_labelled_digits(fresh_plugins, capsys, tmp_path, mo
     for text in ("sample acc", "recon acc", "Frechet ratio", "fcn-pixelcnn"):
         assert text in out
     assert len(trained) == 1
-    judges = {name: (tmp_path / "cmp" / name / "classifier.pt").read_bytes() for name in ("conv", "fcn-pixelcnn")}
-    assert judges["conv"] == judges["fcn-pixelcnn"]
+    assert all((tmp_path / "cmp" / name / "classifier.pt").is_file() for name in ("conv", "fcn-standard", "fcn-pixelcnn"))
     # a variant of other data trains its own judge
     assert main(["compare", "--out", str(tmp_path / "cmp2"), *(x for s in sets for x in ("--set", s)),
                  "--variant", "a model.prior=standard", "--variant", "b model.prior=standard data.options.test_fraction=0.2"]) == 0

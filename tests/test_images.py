@@ -129,8 +129,6 @@ def test_image_folder_reads_classes_pixels_and_splits(tmp_path):
 def test_image_folder_resizes_to_the_first_image_and_errors(tmp_path):
     _png_folder(tmp_path / "mixed", sizes=((12, 10), (6, 6), (12, 10)))
     assert load_image_folder(root=str(tmp_path / "mixed"), test_fraction=0.5).target.shape == (3, 12, 10)
-    with pytest.raises(cvae.CVAEError, match='fit must be "crop"'):
-        load_image_folder(root=str(tmp_path / "mixed"), fit="squash")
     with pytest.raises(cvae.CVAEError, match="not a directory"):
         load_image_folder(root=str(tmp_path / "nowhere"))
     (tmp_path / "empty" / "a").mkdir(parents=True)
@@ -143,24 +141,29 @@ def test_image_folder_resizes_to_the_first_image_and_errors(tmp_path):
         load_image_folder(root=str(tmp_path / "mixed"), grayscale="false")
 
 
-def test_image_folder_keeps_the_aspect_ratio_unless_told_to_stretch(tmp_path):
-    # a wide image of a left half black and a right half white, brought to a square: cropping keeps the
-    # middle (half black, half white, as the original is there), stretching keeps everything, squeezed
+def test_image_folder_stretches_or_crops_images_of_another_size(tmp_path):
+    # a grey 8x8 image sets the size; a wide 16x64 image (white ends, black middle, a white stripe at
+    # columns 26-27) and the same transposed (tall) are brought to it. Stretching keeps the white ends;
+    # cropping scales by half (to 8x32, 32x8) and keeps the middle, where the stripe lands on column 1
     (tmp_path / "a").mkdir()
-    Image.fromarray(np.full((8, 8, 3), 128, dtype=np.uint8)).save(tmp_path / "a" / "0.png")
-    wide = np.zeros((8, 32, 3), dtype=np.uint8)
-    wide[:, 16:] = 255
-    wide[:, :4] = 255  # a white stripe at the left edge, which only stretching keeps
-    Image.fromarray(wide).save(tmp_path / "a" / "1.png")
-    Image.fromarray(wide).save(tmp_path / "a" / "2.png")
-    for fit in ("crop", "stretch"):
+    Image.fromarray(np.full((8, 8, 3), 200, dtype=np.uint8)).save(tmp_path / "a" / "0.png")
+    wide = np.zeros((16, 64, 3), dtype=np.uint8)
+    wide[:, :16] = wide[:, 48:] = wide[:, 26:28] = 255
+    Image.fromarray(wide).save(tmp_path / "a" / "wide.png")
+    Image.fromarray(wide.transpose(1, 0, 2).copy()).save(tmp_path / "a" / "tall.png")
+    for fit in ("stretch", "crop"):
         bundle = load_image_folder(root=str(tmp_path), fit=fit, test_fraction=0.34)
-        pixels = torch.cat([bundle.train.y, bundle.test.y])
-        squares = [p for p in pixels if p.float().std() > 0]  # the two wide ones, now 8x8
-        assert len(squares) == 2 and squares[0].shape == (3, 8, 8)
-        left_edge = squares[0][:, :, 0].float().mean()
-        assert (left_edge < 60) if fit == "crop" else (left_edge > 120), (fit, left_edge)
-        assert squares[0][:, :, -1].float().mean() > 200
+        resized = [p for p in torch.cat([bundle.train.y, bundle.test.y]).float() if (p != 200).any()]
+        assert len(resized) == 2 and all(p.shape == (3, 8, 8) for p in resized)
+        edge_columns = max(float(p[:, :, [0, -1]].mean()) for p in resized)  # the wide image's ends
+        edge_rows = max(float(p[:, [0, -1], :].mean()) for p in resized)     # the tall image's ends
+        stripe = max(float(p[:, :, 1].mean()) for p in resized)
+        if fit == "stretch":
+            assert edge_columns > 245 and edge_rows > 245, (edge_columns, edge_rows)
+        else:  # antialiasing spreads the stripe a little
+            assert edge_columns < 60 and edge_rows < 60 and stripe > 150, (edge_columns, edge_rows, stripe)
+    with pytest.raises(cvae.CVAEError, match='fit must be "stretch"'):
+        load_image_folder(root=str(tmp_path), fit="squash")
 
 
 def test_a_failed_download_is_one_line_naming_the_root(tmp_path, monkeypatch):

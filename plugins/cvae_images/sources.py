@@ -227,8 +227,8 @@ def load_celeba(*, root: str = DEFAULT_ROOT, download: bool = False, size: int =
 
 
 def _fit_to(image: torch.Tensor, size: tuple[int, int], fit: str) -> torch.Tensor:
-    """`image` at `size`: scaled to cover it and centre-cropped (`fit="crop"`, the aspect ratio kept) or
-    scaled to it (`"stretch"`)."""
+    """`image` at `size`: scaled to it, the aspect ratio distorted where it differs (`fit="stretch"`), or
+    scaled to cover it and centre-cropped, the aspect ratio kept (`"crop"`)."""
     import torchvision.transforms.v2.functional as TF
 
     if fit == "stretch":
@@ -240,17 +240,18 @@ def _fit_to(image: torch.Tensor, size: tuple[int, int], fit: str) -> torch.Tenso
 
 
 def load_image_folder(*, root: str, size: int | list[int] | None = None, grayscale: bool = False,
-                      fit: str = "crop", test_fraction: float = 0.2, split_seed: int = 0) -> cvae.DataBundle:
+                      fit: str = "stretch", test_fraction: float = 0.2, split_seed: int = 0) -> cvae.DataBundle:
     """Every image under `root/<class>/` (class = subfolder name, sorted), brought to `size` (an int
     for square images or [height, width]; default: the first image's size), RGB or `grayscale`, with
     condition "label" and a fixed-seed split stratified by class. An image of another size is scaled to
-    cover `size` and centre-cropped, keeping its aspect ratio (`fit="crop"`), or scaled to it
-    (`"stretch"`). All images are held in memory as 8-bit pixels."""
+    `size` (`fit="stretch"`, the default, which distorts an image of another aspect ratio), or scaled to
+    cover it and centre-cropped, keeping its aspect ratio (`"crop"`). All images are held in memory as
+    8-bit pixels."""
     if not isinstance(grayscale, bool):
         raise cvae.CVAEError(f"dataset 'image_folder': grayscale must be true or false, got {grayscale!r}")
     if fit not in ("crop", "stretch"):
-        raise cvae.CVAEError(f"dataset 'image_folder': fit must be \"crop\" (keep the aspect ratio, centre-crop) "
-                             f"or \"stretch\", got {fit!r}")
+        raise cvae.CVAEError(f"dataset 'image_folder': fit must be \"stretch\" (scale to the size) or "
+                             f"\"crop\" (keep the aspect ratio, centre-crop), got {fit!r}")
     base = _root(root)
     if not base.is_dir():
         raise cvae.CVAEError(f"dataset 'image_folder': {base} is not a directory; data.options.root must name a "
