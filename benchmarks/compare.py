@@ -153,6 +153,10 @@ def main(new_path: str, base_path: str | None, factor: float = DEFAULT_FACTOR, a
         return 2
     print(f"{base_file}  ->  {new_file}   (regression: worse by more than {factor}x"
           f"{', speed-ups and absolute figures' if absolute else ', speed-ups over the hand-written loop'})")
+    unrecorded = [str(f) for f, doc in ((base_file, base), (new_file, new)) if _get(doc, ("device", "isa")) is None]
+    if unrecorded:  # machines of one CPU name can differ in speed: absolute figures may not be like with like
+        print(f"note: {', '.join(unrecorded)} records no instruction sets, so the CPUs are matched by name alone "
+              f"({_get(new, ('device', 'name'))!r}); speed-ups stay comparable, absolute figures may not")
     header = f"{'benchmark':<16} {'batch':>5} {'variant':<14} {'vs naive':>17} {'change':>7} {'value':>25} {'change':>7}"
     print(header)
     print("-" * len(header))

@@ -112,6 +112,9 @@ def test_compare_refuses_another_tier_or_instruction_set(tiny_result, tmp_path, 
     unrecorded = tmp_path / "older.json"  # written before the instruction sets were recorded: the name decides
     unrecorded.write_text(json.dumps({**result, "device": {k: v for k, v in result["device"].items() if k != "isa"}}))
     assert cmp.main(str(path), str(unrecorded)) == 0
+    assert f"note: {unrecorded} records no instruction sets" in capsys.readouterr().out
+    assert cmp.main(str(path), str(path)) == 0
+    assert "note:" not in capsys.readouterr().out
 
 
 def test_compare_with_nothing_in_common_judges_nothing(tiny_result, tmp_path, capsys):
