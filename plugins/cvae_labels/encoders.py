@@ -6,7 +6,6 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import cvae
@@ -51,14 +50,17 @@ class LabelEncoder(nn.Module):
             raise cvae.CVAEError(f"condition encoder 'label' needs integer class indices, got {labels.dtype}")
         # the range check reads a flag back from the device: skipped in CUDA training steps, whose labels come
         # from datasets that TensorData checked once when it was built; user inputs (eval mode) are checked
-        if labels.numel() and not (self.training and labels.is_cuda) and \
-                bool(((labels < 0) | (labels >= self.num_classes)).any()):
-            bad = labels[(labels < 0) | (labels >= self.num_classes)][:5].tolist()
-            raise cvae.CVAEError(f"class labels {bad} are out of range; allowed are 0..{self.num_classes - 1}")
+        if labels.numel() and not (self.training and labels.is_cuda):
+            low, high = torch.aminmax(labels)  # one pass, where a mask of the bad ones would take four ops
+            if int(low) < 0 or int(high) >= self.num_classes:
+                bad = labels[(labels < 0) | (labels >= self.num_classes)][:5].tolist()
+                raise cvae.CVAEError(f"class labels {bad} are out of range; allowed are 0..{self.num_classes - 1}")
         labels = labels.long()
         if self.encoding == "embedding":
             return self.embedding(labels)
-        return F.one_hot(labels, self.num_classes).to(torch.get_default_dtype())
+        # scattered straight into the default dtype: F.one_hot would check the range again and build int64 first
+        one_hot = torch.zeros(len(labels), self.num_classes, dtype=torch.get_default_dtype(), device=labels.device)
+        return one_hot.scatter_(1, labels.unsqueeze(1), 1.0)
 
     def parse(self, text: str) -> torch.Tensor:
         """One label from the command line: a class name (taking precedence) or a class index."""
