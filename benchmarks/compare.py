@@ -18,6 +18,7 @@ __all__ = ["DEFAULT_FACTOR", "load", "default_base", "incomparable", "compare", 
 
 DEFAULT_FACTOR = 1.25
 LIKE = (("device", "type"), ("device", "name"), ("torch",), ("threads",), ("flags", "tier"))
+RECORDED_LATER = (("device", "model"), ("device", "isa"))  # compared where both files record them
 
 
 def load(path: str | Path) -> dict[str, Any]:
@@ -85,11 +86,12 @@ def incomparable(new: Mapping[str, Any], base: Mapping[str, Any]) -> list[str]:
         a, b = _get(base, path), _get(new, path)
         if a != b:
             reasons.append(f"{'.'.join(path)}: {a!r} vs {b!r}")
-    # CPUs of one model name differ in what they can run fast (bfloat16 without AVX512-BF16 is emulated);
-    # results written before the instruction sets were recorded are compared by name alone
-    a, b = _get(base, ("device", "isa")), _get(new, ("device", "isa"))
-    if a is not None and b is not None and a != b:
-        reasons.append(f"device.isa: {a!r} vs {b!r}")
+    # CPUs of one model name differ in speed and in what they can run fast (bfloat16 without AVX512-BF16 is
+    # emulated); results written before these were recorded are compared by name alone
+    for path in RECORDED_LATER:
+        a, b = _get(base, path), _get(new, path)
+        if a is not None and b is not None and a != b:
+            reasons.append(f"{'.'.join(path)}: {a!r} vs {b!r}")
     return reasons
 
 
@@ -153,10 +155,11 @@ def main(new_path: str, base_path: str | None, factor: float = DEFAULT_FACTOR, a
         return 2
     print(f"{base_file}  ->  {new_file}   (regression: worse by more than {factor}x"
           f"{', speed-ups and absolute figures' if absolute else ', speed-ups over the hand-written loop'})")
-    unrecorded = [str(f) for f, doc in ((base_file, base), (new_file, new)) if _get(doc, ("device", "isa")) is None]
+    unrecorded = [str(f) for f, doc in ((base_file, base), (new_file, new))
+                  if _get(new, ("device", "type")) == "cpu" and any(_get(doc, p) is None for p in RECORDED_LATER)]
     if unrecorded:  # machines of one CPU name can differ in speed: absolute figures may not be like with like
-        print(f"note: {', '.join(unrecorded)} records no instruction sets, so the CPUs are matched by name alone "
-              f"({_get(new, ('device', 'name'))!r}); speed-ups stay comparable, absolute figures may not")
+        print(f"note: {', '.join(unrecorded)} records no CPU model or instruction sets, so the CPUs are matched by "
+              f"name alone ({_get(new, ('device', 'name'))!r}); speed-ups stay comparable, absolute figures may not")
     header = f"{'benchmark':<16} {'batch':>5} {'variant':<14} {'vs naive':>17} {'change':>7} {'value':>25} {'change':>7}"
     print(header)
     print("-" * len(header))

@@ -21,8 +21,9 @@ def _cpuinfo(field: str) -> str | None:
     """The value of the first `field` line of /proc/cpuinfo (None where there is none)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(field):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            if key.strip() == field:
+                return value.strip()
     except OSError:
         pass
     return None
@@ -40,14 +41,21 @@ def _cpu_isa() -> list[str]:
     return [f for f in _ISA if f in present]
 
 
+def _cpu_model() -> str | None:
+    """Family, model and stepping: CPUs that share a name ("Intel(R) Xeon(R) Processor") differ in them."""
+    parts = [(name, _cpuinfo(field)) for name, field in (("family", "cpu family"), ("model", "model"),
+                                                          ("stepping", "stepping"))]
+    return " ".join(f"{name} {value}" for name, value in parts if value is not None) or None
+
+
 def device_info(device: torch.device) -> dict[str, Any]:
     """The device's type and name (and, on CUDA, its compute capability and memory)."""
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         return {"type": "cuda", "name": props.name, "capability": f"{props.major}.{props.minor}",
                 "memory_gib": round(props.total_memory / 2**30, 1), "slug": device_slug(device)}
-    return {"type": device.type, "name": _cpu_name(), "isa": _cpu_isa(), "logical_cpus": os.cpu_count(),
-            "slug": device_slug(device)}
+    return {"type": device.type, "name": _cpu_name(), "model": _cpu_model(), "isa": _cpu_isa(),
+            "logical_cpus": os.cpu_count(), "slug": device_slug(device)}
 
 
 def device_slug(device: torch.device) -> str:

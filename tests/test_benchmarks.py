@@ -46,6 +46,7 @@ def test_the_result_file_is_versioned_and_complete(tiny_result):
                            "memory", "results", "skipped", "errors", "summary"}
     assert result["torch"] == torch.__version__ and "cuda" in result
     assert result["device"]["type"] == "cpu" and result["device"]["slug"] == "cpu" and result["device"]["name"]
+    assert {"model", "isa"} <= set(result["device"])  # what tells apart CPUs that share a name
     assert result["threads"] == 1
     assert result["flags"]["tier"] == "tiny" and result["flags"]["flush_denormal"] is True
     assert result["git"]["sha"] is None or len(result["git"]["sha"]) == 40
@@ -99,7 +100,7 @@ def test_compare_refuses_another_device_or_torch(tiny_result, tmp_path, capsys):
         assert "not comparable" in capsys.readouterr().out
 
 
-def test_compare_refuses_another_tier_or_instruction_set(tiny_result, tmp_path, capsys):
+def test_compare_refuses_another_tier_cpu_model_or_instruction_set(tiny_result, tmp_path, capsys):
     path, result = tiny_result
     quick = tmp_path / "quick.json"
     quick.write_text(json.dumps({**result, "flags": {**result["flags"], "tier": "quick"}}))
@@ -109,10 +110,16 @@ def test_compare_refuses_another_tier_or_instruction_set(tiny_result, tmp_path, 
     other.write_text(json.dumps({**result, "device": {**result["device"], "isa": ["avx2", "avx512_bf16", "x"]}}))
     assert cmp.main(str(path), str(other)) == 2
     assert "device.isa" in capsys.readouterr().out
-    unrecorded = tmp_path / "older.json"  # written before the instruction sets were recorded: the name decides
-    unrecorded.write_text(json.dumps({**result, "device": {k: v for k, v in result["device"].items() if k != "isa"}}))
+    if result["device"]["model"] is not None:  # a CPU of the same name, another generation
+        model = tmp_path / "model.json"
+        model.write_text(json.dumps({**result, "device": {**result["device"], "model": "family 0 model 0 stepping 0"}}))
+        assert cmp.main(str(path), str(model)) == 2
+        assert "device.model: 'family 0 model 0 stepping 0' vs" in capsys.readouterr().out
+    unrecorded = tmp_path / "older.json"  # written before the CPU model and instruction sets were recorded
+    unrecorded.write_text(json.dumps({**result, "device": {k: v for k, v in result["device"].items()
+                                                           if k not in ("isa", "model")}}))
     assert cmp.main(str(path), str(unrecorded)) == 0
-    assert f"note: {unrecorded} records no instruction sets" in capsys.readouterr().out
+    assert f"note: {unrecorded} records no CPU model or instruction sets" in capsys.readouterr().out
     assert cmp.main(str(path), str(path)) == 0
     assert "note:" not in capsys.readouterr().out
 
