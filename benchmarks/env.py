@@ -49,7 +49,8 @@ def _cpu_model() -> str | None:
 
 
 def device_info(device: torch.device) -> dict[str, Any]:
-    """The device's type and name (and, on CUDA, its compute capability and memory)."""
+    """The device's type and name, and on CUDA its compute capability and memory, on a CPU its model and
+    instruction sets."""
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         return {"type": "cuda", "name": props.name, "capability": f"{props.major}.{props.minor}",
