@@ -42,33 +42,34 @@ def _older(new: Path) -> list[Path]:
     return sorted((p for p in new.parent.glob("*.json") if p.name < new.name), reverse=True)
 
 
-def default_base(new: Path, new_doc: Mapping[str, Any] | None = None) -> Path | None:
-    """The newest result in NEW's folder older than NEW; given NEW's contents, the newest that is readable and
-    comparable with it (a result of another tier or torch in between is passed over, not a dead end)."""
+def _verdicts(new: Path, new_doc: Mapping[str, Any]) -> list[tuple[Path, list[str] | None]]:
+    """Each older result in NEW's folder, newest first, with why it is not comparable with NEW (empty: it
+    is; None: it is not a readable result file)."""
+    verdicts: list[tuple[Path, list[str] | None]] = []
     for path in _older(new):
-        if new_doc is None:
-            return path
         try:
-            if not incomparable(new_doc, load(path)):
-                return path
+            verdicts.append((path, incomparable(new_doc, load(path))))
         except (OSError, ValueError):
-            continue
-    return None
+            verdicts.append((path, None))
+    return verdicts
+
+
+def default_base(new: Path, new_doc: Mapping[str, Any]) -> Path | None:
+    """The newest result in NEW's folder, older than NEW, that is readable and comparable with it (a result
+    of another tier or torch in between is passed over, not a dead end)."""
+    return next((path for path, reasons in _verdicts(new, new_doc) if reasons == []), None)
 
 
 def _why_none_fits(new: Path, new_doc: Mapping[str, Any]) -> str:
     """Why none of the older results in NEW's folder can be its baseline: the newest readable one's reasons."""
-    older = _older(new)
-    if not older:
+    verdicts = _verdicts(new, new_doc)
+    if not verdicts:
         return ""
-    for path in older:
-        try:
-            reasons = incomparable(new_doc, load(path))
-        except (OSError, ValueError):
-            continue
-        return (f" that is comparable with it ({len(older)} older; the newest readable, {path.name}, differs in "
-                f"{'; '.join(reasons)})")
-    return f" that is comparable with it ({len(older)} older, none readable as a result file)"
+    path, reasons = next(((p, r) for p, r in verdicts if r is not None), (None, None))
+    if path is None:
+        return f" that is comparable with it ({len(verdicts)} older, none readable as a result file)"
+    return (f" that is comparable with it ({len(verdicts)} older; the newest readable, {path.name}, differs in "
+            f"{'; '.join(reasons)})")
 
 
 def _get(doc: Mapping[str, Any], path: tuple[str, ...]) -> Any:
@@ -156,10 +157,11 @@ def main(new_path: str, base_path: str | None, factor: float = DEFAULT_FACTOR, a
     print(f"{base_file}  ->  {new_file}   (regression: worse by more than {factor}x"
           f"{', speed-ups and absolute figures' if absolute else ', speed-ups over the hand-written loop'})")
     unrecorded = [str(f) for f, doc in ((base_file, base), (new_file, new))
-                  if _get(new, ("device", "type")) == "cpu" and any(_get(doc, p) is None for p in RECORDED_LATER)]
-    if unrecorded:  # machines of one CPU name can differ in speed: absolute figures may not be like with like
-        print(f"note: {', '.join(unrecorded)} records no CPU model or instruction sets, so the CPUs are matched by "
-              f"name alone ({_get(new, ('device', 'name'))!r}); speed-ups stay comparable, absolute figures may not")
+                  if any(_get(doc, p) is None for p in RECORDED_LATER)]
+    if unrecorded and _get(new, ("device", "type")) == "cpu":  # machines of one CPU name can differ in speed: absolute figures may not be like with like
+        print(f"note: {', '.join(unrecorded)} {'records' if len(unrecorded) == 1 else 'record'} no CPU model or "
+              f"instruction sets, so the CPUs are matched by name alone ({_get(new, ('device', 'name'))!r}); "
+              f"speed-ups stay comparable, absolute figures may not")
     header = f"{'benchmark':<16} {'batch':>5} {'variant':<14} {'vs naive':>17} {'change':>7} {'value':>25} {'change':>7}"
     print(header)
     print("-" * len(header))
