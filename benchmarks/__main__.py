@@ -57,7 +57,17 @@ def _check_run_args(args: argparse.Namespace) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    from cvae.cli import reader_left
+
+    try:
+        code = _main(sys.argv[1:] if argv is None else argv)
+        sys.stdout.flush()  # inside the try: a reader that left shows here, not as a traceback at exit
+        return code
+    except BrokenPipeError:
+        return reader_left()
+
+
+def _main(argv: list[str]) -> int:
     if argv[:1] == ["compare"]:
         p = argparse.ArgumentParser(prog="python -m benchmarks compare",
                                     description="Compare a result with a baseline (default: the newest older comparable result in the same folder). "

@@ -103,9 +103,9 @@ SCHEMA: tuple[Key, ...] = (
     Key("train.fast", True, "the fastest numerically safe settings for the device (fused Adam; on CPU, denormals "
         "flushed to zero); false gives plain Adam and default float handling, as a hand-written loop", bool),
     Key("train.precision", "float32", "arithmetic of the training forward pass: 'bfloat16' runs the networks' layers "
-        "under autocast (about 1.3x the steps per second of 'float32' for the shapes model at batch 64 on this "
-        "project's 2-core CPU, none at batch 16; tensor cores on a GPU) while the likelihood, the KL and the "
-        "weights stay float32", str,
+        "under autocast (about 1.3x the steps per second of 'float32' for the shapes model at batch 64 on a "
+        "2-core CPU with AMX, none at batch 16, and over 20x fewer on a CPU without AVX512, where `cvae train` "
+        "warns; tensor cores on a GPU) while the likelihood, the KL and the weights stay float32", str,
         choices=("float32", "bfloat16")),
     Key("train.checkpoint_every", 1, "write a checkpoint every this many epochs (the last epoch always)", int,
         check=_positive, check_doc="> 0"),

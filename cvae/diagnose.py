@@ -419,12 +419,14 @@ def judge(figures: Mapping[str, Any], run: Mapping[str, Any] | None = None) -> D
         split = f.get("history_split", "test")
         evidence.append(f"the held-out ({split}) ELBO peaked at epoch {f['best_elbo_epoch']} ({f['best_elbo']:.2f}) and "
                         f"ended at {f['last_elbo']:.2f}: the model overfits")
-        honest = ("; or let training keep that epoch and stop by itself: --set train.keep_best=true --set "
-                  "train.patience=5" if split == "validation" else "; that epoch was picked on the test split: add --set "
-                  "data.validation=0.1 to pick it on a validation split and keep the test figures unbiased (then "
-                  "train.keep_best and train.patience pick and stop for you)")
-        advice.append(f"stop near epoch {f['best_elbo_epoch']} (--set train.epochs={f['best_elbo_epoch']}) or raise "
-                      f"train.weight_decay{honest}")
+        stop = f"stop near epoch {f['best_elbo_epoch']} (--set train.epochs={f['best_elbo_epoch']}) or raise train.weight_decay"
+        if split == "validation":  # the epoch is picked honestly: training can keep it and stop by itself
+            advice.append(f"let training keep its best epoch and stop by itself: --set train.keep_best=true --set "
+                          f"train.patience=5; or {stop}")
+        else:
+            advice.append(f"{stop}; that epoch was picked on the test split: add --set data.validation=0.1 to pick it "
+                          f"on a validation split and keep the test figures unbiased (then train.keep_best and "
+                          f"train.patience pick and stop for you)")
     return Diagnosis(verdict, evidence, advice, f)
 
 

@@ -413,6 +413,20 @@ class Trainer:
         return {"best_epoch": state["epoch"], "best_step": state["step"], "best_val_elbo": state["best_val_elbo"]}
 
 
+def emulated_bfloat16(device: torch.device) -> bool:
+    """Whether bfloat16 arithmetic on `device` is emulated, not native: a CPU that oneDNN runs no bfloat16
+    kernels on (one without AVX512) or a GPU before Ampere. There train.precision="bfloat16" runs many times
+    slower than float32."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device)[0] < 8
+    if device.type != "cpu":
+        return False
+    try:  # no public test for the CPU; an unknown answer is not a reason to warn
+        return not torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def _adam(params: Any, lr: float, weight_decay: float, fused: bool = True) -> torch.optim.Optimizer:
     """Adam, fused where this torch supports it on the device (several times faster on small models);
     `fused=False` gives torch's default implementation."""

@@ -150,6 +150,15 @@ def _benchmarks_cli(*args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=120)
 
 
+def test_a_reader_that_leaves_stops_the_listing_quietly():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CVAE_")}
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks", "list"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the interpreter is up, so every write finds the pipe closed (`... | head -0`)
+    stderr = proc.communicate(timeout=120)[1].decode()
+    assert proc.returncode == 141 and stderr == ""
+
+
 @pytest.mark.parametrize("args, says", [(["--only", "nosuch"], "--only nosuch matches no benchmark; known: "),
                                         (["--threads", "0"], "--threads must be >= 1"),
                                         (["--device", "tpu"], "--device must be auto, cpu or cuda"),

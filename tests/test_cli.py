@@ -374,6 +374,25 @@ def test_python_dash_m_cvae_plugins_json():
     assert listing["failed"] == [] and listing["error"] is None
 
 
+@pytest.mark.parametrize("emulated", [True, False])
+def test_train_warns_when_bfloat16_would_be_emulated(tiny, capsys, tmp_path, monkeypatch, emulated):
+    monkeypatch.setattr(sys.modules["cvae.train"], "emulated_bfloat16", lambda device: emulated)  # cvae.train: a function
+    code, _, stderr = run_cli(capsys, "train", "--out", tmp_path / "run", *SETS, "--set", 'train.precision="bfloat16"',
+                              "--set", "eval.at_end=false")
+    assert code == 0, stderr
+    warned = "cvae train: warning: cpu has no native bfloat16 arithmetic" in stderr
+    assert warned == emulated and ("train.precision=" in stderr) == emulated
+
+
+def test_a_reader_that_leaves_stops_the_command_quietly():
+    env = {**os.environ, "CVAE_PLUGINS": "core"}
+    proc = subprocess.Popen([sys.executable, "-m", "cvae", "plugins"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the interpreter is up, so every write finds the pipe closed (`... | head -0`)
+    stderr = proc.communicate(timeout=120)[1].decode()
+    assert proc.returncode == 141 and stderr == ""
+
+
 def test_eval_output_shows_figures_by_class_but_not_other_lists():
     from cvae.cli import _format_eval
 

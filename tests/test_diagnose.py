@@ -188,7 +188,9 @@ def test_overfitting_is_reported_with_the_best_epoch():
     assert any("held-out (test) ELBO peaked at epoch 37" in e for e in d.evidence)
     v = judge({**HEALTHY, "best_elbo": -80.0, "best_elbo_epoch": 37, "last_elbo": -85.0,
                "history_split": "validation"}, {"beta": 1.0})
-    assert any("--set train.epochs=37" in a and "data.validation" not in a for a in v.advice)
+    (advice,) = [a for a in v.advice if "--set train.epochs=37" in a]
+    assert "data.validation" not in advice and advice.startswith("let training keep its best epoch")
+    assert "--set train.keep_best=true --set train.patience=5" in advice
     assert any("held-out (validation) ELBO peaked" in e for e in v.evidence)
 
 
