@@ -88,6 +88,10 @@ SCHEMA: tuple[Key, ...] = (
     Key("train.lr", 1e-3, "Adam learning rate", _NUM, check=_finite_positive, check_doc="finite and > 0"),
     Key("train.lr_schedule", "constant", "how the learning rate moves over training: 'constant', or 'cosine' (from "
         "train.lr at the first step down to 0 at the last, along half a cosine)", str, choices=("constant", "cosine")),
+    Key("train.lr_warmup", 0, "steps over which the learning rate rises linearly to its schedule's value at the start "
+        "(0: none): Adam's first updates are about train.lr for every weight at once, whatever the gradient's size, "
+        "which can throw a latent's mean or log-variance far off before the KL pulls it back", int,
+        check=_non_negative, check_doc=">= 0"),
     Key("train.weight_decay", 1e-4, "Adam weight decay (L2), against overfitting small datasets", _NUM,
         check=_finite_non_negative, check_doc="finite and >= 0"),
     Key("train.beta", 1.0, "KL weight at full strength; 1 is the ELBO, above 1 pushes q toward the prior", _NUM,

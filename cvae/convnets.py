@@ -29,6 +29,7 @@ from torch import nn
 from .data import TargetInfo
 from .errors import CVAEError
 from .nets import activation as activation_class
+from .pose_warp import POSE_DIMS, PoseWarp
 
 __all__ = ["ConvEncoder", "ConvDecoder", "build_conv", "feature_sizes", "DEFAULT_KERNELS"]
 
@@ -150,7 +151,7 @@ def build_conv(*, target: TargetInfo, cond_features: int, latent_dim: int, param
                channels: Sequence[int] = (32, 64, 128), kernels: Sequence[int] | None = None,
                strides: Sequence[int] | None = None, fc: int = 1024, activation: str = "relu",
                condition_input: str = "flat", decoder_maps: bool = False, norm: str = "none",
-               init: str = "he") -> tuple[nn.Module, nn.Module]:
+               init: str = "he", pose_warp: bool = False) -> tuple[nn.Module, nn.Module]:
     """Convolutional encoder and mirrored decoder for image targets `(channels, height, width)`.
 
     `channels`: output channels of each encoder convolution (the decoder mirrors them);
@@ -160,7 +161,9 @@ def build_conv(*, target: TargetInfo, cond_features: int, latent_dim: int, param
     broadcast to constant feature maps stacked onto the input image); `decoder_maps`: condition features
     also join the input of every transposed convolution as constant maps; `norm`: "none" or "batch" (batch
     normalisation after each hidden convolution); `init`: "he" (He-normal hidden layers, zero biases)
-    or "default" (PyTorch's own initialisation)."""
+    or "default" (PyTorch's own initialisation); `pose_warp`: the decoder draws in a canonical pose and a
+    warp turns and moves the drawing by an angle and a shift read from the first 3 latent dimensions
+    (`cvae.pose_warp`)."""
     if not target.is_image:
         raise CVAEError(f"architecture 'conv' needs image targets (channels, height, width); this dataset's targets "
                         f"have shape {tuple(target.shape)}: use architecture 'mlp'")
@@ -180,8 +183,12 @@ def build_conv(*, target: TargetInfo, cond_features: int, latent_dim: int, param
     if condition_input not in CONDITION_INPUTS:
         raise CVAEError(f"architecture 'conv': condition_input must be one of {', '.join(CONDITION_INPUTS)}, "
                         f"got {condition_input!r}")
-    if not isinstance(decoder_maps, bool):
-        raise CVAEError(f"architecture 'conv': decoder_maps must be true or false, got {decoder_maps!r}")
+    for name, flag in (("decoder_maps", decoder_maps), ("pose_warp", pose_warp)):
+        if not isinstance(flag, bool):
+            raise CVAEError(f"architecture 'conv': {name} must be true or false, got {flag!r}")
+    if pose_warp and latent_dim <= POSE_DIMS:
+        raise CVAEError(f"architecture 'conv': pose_warp reads an angle and a shift from the first {POSE_DIMS} latent "
+                        f"dimensions and draws from the rest, so model.latent_dim must be above {POSE_DIMS}, got {latent_dim}")
     if norm not in NORMS or init not in INITS:
         raise CVAEError(f"architecture 'conv': norm must be one of {', '.join(NORMS)} and init one of "
                         f"{', '.join(INITS)}; got norm={norm!r}, init={init!r}")
@@ -194,10 +201,11 @@ def build_conv(*, target: TargetInfo, cond_features: int, latent_dim: int, param
                         f"layers (channels, kernels, strides) or downsample the images")
     encoder = ConvEncoder(target, cond_features, latent_dim, channels, kernels, strides, int(fc), activation,
                           condition_input, flat_shape, norm)
-    decoder = ConvDecoder(target, cond_features, latent_dim, params_per_element, channels, kernels, strides, int(fc),
+    drawn_dim = latent_dim - POSE_DIMS if pose_warp else latent_dim
+    decoder = ConvDecoder(target, cond_features, drawn_dim, params_per_element, channels, kernels, strides, int(fc),
                           activation, heights, widths, norm, decoder_maps)
     if init == "he":  # hidden layers only: the output layers keep small weights, so mu, log-variance and
         # the likelihood parameters start near zero
         for part in (encoder.convs, encoder.fc, decoder.fc, decoder.deconvs[:-1]):
             _he_init(part)
-    return encoder, decoder
+    return encoder, PoseWarp(decoder) if pose_warp else decoder

@@ -299,13 +299,15 @@ class Trainer:
         self._stop_if_asked()  # asked during the last epoch's end: stop before the evaluation too
 
     def _lr(self, step: int) -> float:
-        """The learning rate of `step` under train.lr_schedule: a function of the step alone, so a resumed
-        run continues the same curve (a resume with more epochs stretches what is left of it)."""
+        """The learning rate of `step` under train.lr_schedule and train.lr_warmup: a function of the step
+        alone, so a resumed run continues the same curve (a resume with more epochs stretches what is left
+        of it)."""
         tc = self.config["train"]
+        warmup = min(1.0, (step + 1) / tc["lr_warmup"]) if tc["lr_warmup"] else 1.0
         if tc["lr_schedule"] == "constant":
-            return tc["lr"]
+            return tc["lr"] * warmup
         total = tc["epochs"] * math.ceil(len(self.train_split) / self.config["data"]["batch_size"])
-        return tc["lr"] * 0.5 * (1 + math.cos(math.pi * min(step / max(total - 1, 1), 1.0)))
+        return tc["lr"] * warmup * 0.5 * (1 + math.cos(math.pi * min(step / max(total - 1, 1), 1.0)))
 
     def _run_epoch(self) -> dict[str, Any]:
         tc = self.config["train"]
@@ -324,7 +326,7 @@ class Trainer:
         for conds, y in bar:
             self._stop_if_asked()  # the step before is complete: a resume continues exactly from here
             beta = self.schedule.beta(self.step)
-            if tc["lr_schedule"] != "constant":
+            if tc["lr_schedule"] != "constant" or self.step < tc["lr_warmup"]:
                 for group in self.optimizer.param_groups:
                     group["lr"] = self._lr(self.step)
             with self._precision():

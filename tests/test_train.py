@@ -122,6 +122,25 @@ def test_a_cosine_learning_rate_falls_from_train_lr_to_zero_at_the_last_step(tin
     assert [r["loss"] for r in constant][1:] != [r["loss"] for r in rows(tmp_path / "cosine")][1:]
 
 
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_a_learning_rate_warmup_rises_linearly_then_follows_the_schedule(tiny_config, lifecycle_plugin, tmp_path,
+                                                                        schedule):
+    used: list[float] = []  # the learning rate each step was taken with
+    lifecycle_plugin("lr_recorder", cvae_step_end=lambda trainer, step, losses: used.append(
+        trainer.optimizer.param_groups[0]["lr"]))
+    trainer, _ = fit(tiny_config("train.epochs=3", "train.lr=0.01", "train.lr_warmup=4", f"train.lr_schedule={schedule!r}"),
+                     tmp_path / "warm")
+    total = 18  # 3 epochs of 6 batches
+    after = [0.01 if schedule == "constant" else 0.01 * 0.5 * (1 + math.cos(math.pi * s / (total - 1))) for s in range(total)]
+    assert [trainer._lr(s) for s in range(total)] == pytest.approx(
+        [after[s] * min(1.0, (s + 1) / 4) for s in range(total)], abs=1e-12)
+    assert trainer._lr(0) == pytest.approx(after[0] / 4)
+    assert used == pytest.approx([trainer._lr(s) for s in range(total)], abs=1e-12)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(after[-1], abs=1e-12)  # the last step's
+    with pytest.raises(ConfigError, match="train.lr_warmup"):
+        Trainer(tiny_config("train.lr_warmup=-1"), tmp_path / "bad")
+
+
 def test_an_unknown_learning_rate_schedule_names_the_allowed_ones(tiny_config, tmp_path):
     with pytest.raises(ConfigError, match="train.lr_schedule = 'linear': allowed are 'constant', 'cosine'"):
         Trainer(tiny_config('train.lr_schedule="linear"'), tmp_path / "run")
