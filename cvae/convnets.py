@@ -187,8 +187,9 @@ def build_conv(*, target: TargetInfo, cond_features: int, latent_dim: int, param
         if not isinstance(flag, bool):
             raise CVAEError(f"architecture 'conv': {name} must be true or false, got {flag!r}")
     if pose_warp and latent_dim <= POSE_DIMS:
-        raise CVAEError(f"architecture 'conv': pose_warp reads an angle and a shift from the first {POSE_DIMS} latent "
-                        f"dimensions and draws from the rest, so model.latent_dim must be above {POSE_DIMS}, got {latent_dim}")
+        raise CVAEError(f"architecture 'conv': pose_warp reads an angle and a shift from the first {POSE_DIMS} "
+                        f"latent dimensions and draws from the rest, so model.latent_dim must be above {POSE_DIMS}, "
+                        f"got {latent_dim}")
     if norm not in NORMS or init not in INITS:
         raise CVAEError(f"architecture 'conv': norm must be one of {', '.join(NORMS)} and init one of "
                         f"{', '.join(INITS)}; got norm={norm!r}, init={init!r}")
