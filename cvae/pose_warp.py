@@ -10,8 +10,8 @@ a latent point between two poses decodes to an intermediate pose (as in spatial 
 
 Scales (why): z_0 * ANGLE_SCALE radians, so a prior of unit width starts near the identity and a turn
 of pi costs a few units; the shift is SHIFT_BOUND * tanh(z_i * SHIFT_SCALE) image half-widths, bounded
-so that the drawing cannot be moved out of the frame (that would let an early decoder win by showing
-only the background), and near the identity at the start as well.
+so that the drawing's centre stays inside the frame (moving the drawing out would let an early decoder
+win by showing only the background), and near the identity at the start as well.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ ANGLE_SCALE = 0.3  # radians per latent unit
 SHIFT_SCALE = 0.1
 SHIFT_BOUND = 0.7  # image half-widths
 PADDING = "border"  # beyond the drawing's edges the warp repeats its edge pixels (the background)
-INTERPOLATION = "bilinear"
 
 
 def pose_matrices(pose: torch.Tensor) -> torch.Tensor:
@@ -55,5 +54,5 @@ class PoseWarp(nn.Module):
         b, p, c, height, width = canonical.shape
         maps = canonical.reshape(b, p * c, height, width).float()  # grid sampling in float32, also under autocast
         grid = F.affine_grid(pose_matrices(z[:, :POSE_DIMS].float()), [b, p * c, height, width], align_corners=False)
-        warped = F.grid_sample(maps, grid, mode=INTERPOLATION, padding_mode=PADDING, align_corners=False)
+        warped = F.grid_sample(maps, grid, mode="bilinear", padding_mode=PADDING, align_corners=False)
         return warped.view(b, p, c, height, width)
