@@ -225,8 +225,18 @@ def test_interrupt_mid_epoch_saves_the_position_and_resume_is_exact(tiny_config,
     assert untimed(rows(tmp_path / "whole")) == untimed(rows(tmp_path / "cut"))
 
 
+@pytest.fixture
+def terminal_sigint():
+    """SIGINT handled as in a terminal's foreground job, whatever this process inherited (a background job
+    of a script starts with it ignored, and the trainer then rightly leaves it so)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("presses", [1, 2])
-def test_ctrl_c_inside_a_step_stops_after_it_and_resume_is_exact(tiny_config, lifecycle_plugin, tmp_path, presses):
+def test_ctrl_c_inside_a_step_stops_after_it_and_resume_is_exact(tiny_config, lifecycle_plugin, tmp_path, presses,
+                                                                 terminal_sigint):
     """A real SIGINT delivered in the middle of step 8's forward pass: one press finishes that step, saves and
     stops (a resume then matches an uninterrupted run); a second press stops at once and keeps the last checkpoint."""
     whole, _ = fit(tiny_config("train.epochs=3", "train.checkpoint_steps=3"), tmp_path / "whole")
